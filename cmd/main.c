@@ -1,0 +1,83 @@
+/* main.c — the stipple program: subcommand dispatch, --help, --version,
+ * exit codes. Only cmd/ prints to stdout, exits or parses arguments. */
+#include "cmd.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *usage_text =
+    "usage: stipple <command> [options]\n"
+    "\n"
+    "Text-to-image diffusion on the CPU.\n"
+    "\n"
+    "commands:\n"
+    "  txt2img    generate images from a prompt\n"
+    "  img2img    transform an image guided by a prompt\n"
+    "  inpaint    repaint the masked part of an image\n"
+    "  tokenize   print the CLIP token ids of a prompt\n"
+    "  encode     write the text conditioning of a prompt as .npy\n"
+    "  info       describe a model file or folder\n"
+    "  jobs       run JSON-lines jobs from stdin with one model load\n"
+    "\n"
+    "Run `stipple <command> --help` for the options of a command.\n"
+    "Exit status: 0 success, 1 runtime failure, 2 usage error, 130 interrupted.\n";
+
+int cmd_fail(const cm_error *err)
+{
+    fprintf(stderr, "stipple: error: %s\n", err->msg[0] ? err->msg : cm_status_str(err->status));
+    switch (err->status) {
+    case CM_OK: return EXIT_OK;
+    case CM_ERR_USAGE: return EXIT_USAGE;
+    case CM_ERR_INTERRUPTED: return EXIT_SIGINT;
+    default: return EXIT_RUNTIME;
+    }
+}
+
+int cmd_usage_error(const char *fmt, ...)
+{
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    for (char *p = buf; *p; p++)
+        if (*p == '\n') *p = ' ';
+    fprintf(stderr, "stipple: error: %s\n", buf);
+    return EXIT_USAGE;
+}
+
+static const struct {
+    const char *name;
+    int (*fn)(int, char **);
+} commands[] = {
+    {"info", cmd_info},
+    {"tokenize", cmd_tokenize},
+    {"encode", cmd_encode},
+    {"txt2img", cmd_generate},
+    {"img2img", cmd_generate},
+    {"inpaint", cmd_generate},
+    {"jobs", cmd_jobs},
+};
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fputs(usage_text, stderr);
+        return EXIT_USAGE;
+    }
+    const char *c = argv[1];
+    if (!strcmp(c, "--help") || !strcmp(c, "-h") || !strcmp(c, "help")) {
+        fputs(usage_text, stdout);
+        return EXIT_OK;
+    }
+    if (!strcmp(c, "--version")) {
+        printf("stipple %s\n", STIPPLE_VERSION);
+        return EXIT_OK;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(c, commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
+    if (c[0] == '-') return cmd_usage_error("unknown option %s (a command comes first; see stipple --help)", c);
+    return cmd_usage_error("unknown command \"%s\" (see stipple --help)", c);
+}

@@ -1,0 +1,17 @@
+/* stubs.c — subcommands not yet written answer with a clear error.
+ * Each moves to its own file as it is built. */
+#include "cmd.h"
+
+#include <stdio.h>
+
+static int not_yet(const char *what)
+{
+    fprintf(stderr, "stipple: error: %s: not implemented yet\n", what);
+    return EXIT_RUNTIME;
+}
+
+int cmd_tokenize(int argc, char **argv) { (void)argc; (void)argv; return not_yet("tokenize"); }
+int cmd_encode(int argc, char **argv) { (void)argc; (void)argv; return not_yet("encode"); }
+int cmd_generate(int argc, char **argv) { (void)argc; return not_yet(argv[0]); }
+int cmd_jobs(int argc, char **argv) { (void)argc; (void)argv; return not_yet("jobs"); }
+int cmd_info(int argc, char **argv) { (void)argc; (void)argv; return not_yet("info"); }

@@ -1,0 +1,2 @@
+/* common/npy.c — placeholder: being written (see the issue tracker). */
+typedef int stipple_placeholder_npy;

@@ -1,0 +1,2 @@
+/* common/png.c — placeholder: being written (see the issue tracker). */
+typedef int stipple_placeholder_png;

@@ -1,0 +1,2 @@
+/* common/rng.c — placeholder: being written (see the issue tracker). */
+typedef int stipple_placeholder_rng;

@@ -1,0 +1,2 @@
+/* diffusion/schedule.c — placeholder: being written (see the issue tracker). */
+typedef int stipple_placeholder_schedule;

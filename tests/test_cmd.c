@@ -1,0 +1,17 @@
+/* test_cmd.c — the Check suite of cmd/: one test case per concern. */
+#include "testutil.h"
+
+#include <stdlib.h>
+
+TCase *tc_cmd_cli(void);
+
+int main(void)
+{
+    Suite *s = suite_create("cmd");
+    suite_add_tcase(s, tc_cmd_cli());
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

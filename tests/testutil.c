@@ -1,0 +1,118 @@
+/* testutil.c — see testutil.h. */
+#include "testutil.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+const char *tu_data(const char *rel)
+{
+    static char buf[8][4096];
+    static int k;
+    char *b = buf[k++ & 7];
+    const char *root = getenv("STIPPLE_TEST_DATA");
+    snprintf(b, 4096, "%s/%s", root ? root : STIPPLE_TEST_DATA, rel);
+    return b;
+}
+
+const char *tu_stipple(void)
+{
+    const char *p = getenv("STIPPLE_BIN");
+    return p ? p : STIPPLE_BIN;
+}
+
+const char *tu_tmpdir(void)
+{
+    static char dir[4096];
+    if (!dir[0]) {
+        snprintf(dir, sizeof dir, "%s/tmp-XXXXXX", STIPPLE_BUILD_DIR);
+        if (!mkdtemp(dir)) snprintf(dir, sizeof dir, "/tmp");
+    }
+    return dir;
+}
+
+void tu_golden(const char *rel_file, const char *tensor, cm_tensor *out)
+{
+    cm_error err = {0};
+    wt_file *f = wt_file_open(tu_data(rel_file), &err);
+    ck_assert_msg(f != NULL, "cannot open golden: %s", err.msg);
+    const cm_wview *v = wt_file_find(f, tensor);
+    ck_assert_msg(v != NULL, "golden %s has no tensor %s", rel_file, tensor);
+    ck_assert(cm_tensor_alloc(out, v->ndim, v->shape, &err) == CM_OK);
+    int64_t n = cm_wview_numel(v);
+    for (int64_t i = 0; i < n; i++) out->data[i] = cm_wview_get(v, i);
+    wt_file_close(f);
+}
+
+cJSON *tu_golden_meta(const char *rel_file)
+{
+    cm_error err = {0};
+    wt_file *f = wt_file_open(tu_data(rel_file), &err);
+    ck_assert_msg(f != NULL, "cannot open golden: %s", err.msg);
+    const char *m = wt_file_metadata(f, "golden");
+    ck_assert_msg(m != NULL, "golden %s has no metadata", rel_file);
+    cJSON *j = cJSON_Parse(m);
+    wt_file_close(f);
+    ck_assert(j != NULL);
+    return j;
+}
+
+int tu_close(const char *what, const float *got, const float *want, int64_t n, double tol)
+{
+    double maxw = 0, maxd = 0, se = 0, sw = 0;
+    int64_t imax = 0, first_bad = -1;
+    for (int64_t i = 0; i < n; i++) {
+        double a = fabs(want[i]);
+        if (a > maxw) maxw = a;
+    }
+    double lim = tol * (maxw > 0 ? maxw : 1);
+    for (int64_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - want[i]);
+        if (!(d <= maxd)) { maxd = d; imax = i; }
+        if (!(d <= lim) && first_bad < 0) first_bad = i;
+        se += d * d;
+        sw += (double)want[i] * want[i];
+    }
+    double rl2 = sw > 0 ? sqrt(se / sw) : sqrt(se);
+    int ok = first_bad < 0;
+    fprintf(stderr, "%s %s: n=%lld rel-L2 %.3g max|diff| %.3g (at %lld) max|ref| %.3g tol %.3g\n",
+            ok ? "ok  " : "FAIL", what, (long long)n, rl2, maxd, (long long)imax, maxw, lim);
+    if (!ok)
+        fprintf(stderr, "     first mismatch at %lld: got %.9g want %.9g\n", (long long)first_bad,
+                got[first_bad], want[first_bad]);
+    return ok;
+}
+
+TCase *tu_tcase(const char *name)
+{
+    TCase *tc = tcase_create(name);
+    tcase_set_timeout(tc, 1200);
+    return tc;
+}
+
+static char *slurp(const char *path)
+{
+    char *s = NULL;
+    size_t n = 0;
+    if (cm_file_read_all(path, &s, &n, NULL) != CM_OK) return NULL;
+    return s;
+}
+
+int tu_run(const char *cmdline, char **out, char **err)
+{
+    char o[4200], e[4200], full[16384];
+    static int k;
+    snprintf(o, sizeof o, "%s/run%d-%d.out", tu_tmpdir(), (int)getpid(), k);
+    snprintf(e, sizeof e, "%s/run%d-%d.err", tu_tmpdir(), (int)getpid(), k++);
+    snprintf(full, sizeof full, "( %s ) >'%s' 2>'%s' </dev/null", cmdline, o, e);
+    int st = system(full);
+    int rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    if (out) *out = slurp(o);
+    if (err) *err = slurp(e);
+    unlink(o);
+    unlink(e);
+    return rc;
+}

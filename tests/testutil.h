@@ -1,0 +1,38 @@
+/* testutil.h — helpers shared by the Check suites: test data paths, golden
+ * tensors from safetensors files, and comparisons that print the first
+ * mismatch. */
+#ifndef STIPPLE_TESTUTIL_H
+#define STIPPLE_TESTUTIL_H
+
+#include <check.h>
+
+#include "common.h"
+#include "weights.h"
+
+/* Path of a file under tests/data (rotating static buffers: valid for the
+ * next 8 calls). */
+const char *tu_data(const char *rel);
+/* Path of the built stipple binary and the build's scratch folder. */
+const char *tu_stipple(void);
+const char *tu_tmpdir(void);
+
+/* A golden tensor converted to float32 (any stored dtype). Fails the test
+ * (ck_abort) when the file or tensor is missing. */
+void tu_golden(const char *rel_file, const char *tensor, cm_tensor *out);
+/* The golden file's __metadata__["golden"] JSON (caller cJSON_Deletes). */
+cJSON *tu_golden_meta(const char *rel_file);
+
+/* Compare got with want: passes when max|got-want| <= tol * max|want|.
+ * Prints rel-L2, max abs diff and the first element over tolerance. */
+int tu_close(const char *what, const float *got, const float *want, int64_t n, double tol);
+#define TU_ASSERT_CLOSE(what, got, want, n, tol) \
+    ck_assert_msg(tu_close(what, got, want, n, tol), "%s differs from the reference", what)
+
+/* A test case with a long timeout (model tests are not 4-second tests). */
+TCase *tu_tcase(const char *name);
+
+/* Run a command line through /bin/sh; returns the exit status (128+sig on a
+ * signal) and captures stdout/stderr (cm_alloc'd, may be NULL). */
+int tu_run(const char *cmdline, char **out, char **err);
+
+#endif

@@ -1,0 +1,2 @@
+/* textenc/prompt.c — placeholder: being written (see the issue tracker). */
+typedef int stipple_placeholder_prompt;

@@ -1,0 +1,2 @@
+/* textenc/tokenizer.c — placeholder: being written (see the issue tracker). */
+typedef int stipple_placeholder_tokenizer;

@@ -1,0 +1,2 @@
+/* weights/describe.c — placeholder: being written (see the issue tracker). */
+typedef int stipple_placeholder_describe;
