@@ -19,6 +19,55 @@ int cmd_encode(int argc, char **argv);
 int cmd_generate(int argc, char **argv); /* txt2img, img2img, inpaint */
 int cmd_jobs(int argc, char **argv);
 
+/* ------------------------------------------------------------------------
+ * Options (opts.c)
+ * ---------------------------------------------------------------------- */
+
+typedef enum { OPT_STR, OPT_INT, OPT_FLOAT, OPT_FLAG } cmd_opt_kind;
+
+typedef struct {
+    const char *name;  /* long name without "--" */
+    char short_name;   /* 0 when none */
+    cmd_opt_kind kind;
+    void *dst;         /* const char **, int *, float *, int * */
+    long long min, max; /* range for numbers */
+    int *seen;         /* optional: set to 1 when given */
+} cmd_opt;
+
+/* Parse argv[1..] (argv[0] is the subcommand name). Positional arguments go
+ * to pos (at most maxpos). Returns 0 on success, -1 after printing usage
+ * for --help (exit 0), or EXIT_USAGE after printing the error. The table
+ * ends with an entry whose name is NULL. */
+int cmd_parse(int argc, char **argv, const cmd_opt *opts, const char *usage, char **pos, int *npos,
+              int maxpos);
+
+/* ------------------------------------------------------------------------
+ * Output (output.c)
+ * ---------------------------------------------------------------------- */
+
+/* What one generated image was made from (names, metadata, JSON line). */
+typedef struct {
+    const char *prompt, *negative;
+    uint64_t seed;
+    int n;     /* index within this run */
+    int index; /* global job index (sharding) */
+    int steps;
+    float cfg;
+    const char *sampler;        /* our name: dpmpp_2m */
+    const char *sampler_label;  /* A1111's: DPM++ 2M */
+    const char *schedule_label; /* A1111's: Karras, or NULL */
+    int width, height;
+    const char *model;      /* file stem */
+    const char *model_hash; /* 10 hex */
+    const char *extra;      /* more "Key: value" pairs, or NULL */
+} cmd_image_info;
+
+int cmd_template_has_fields(const char *tmpl);
+cm_status cmd_output_path(const char *tmpl, const cmd_image_info *ii, char *out, size_t cap,
+                          cm_error *err);
+/* cm_alloc'd A1111 "parameters" text. */
+char *cmd_parameters_text(const cmd_image_info *ii, cm_error *err);
+
 /* The built-in model's path (next to the binary or in the install prefix),
  * or NULL when not found. */
 const char *cmd_builtin_model_path(void);
