@@ -26,4 +26,51 @@ cm_status te_prompt_chunks(const te_tokenizer *t, const char *prompt, int32_t pa
 cm_status te_chunks_pad_to(te_chunks *c, int nchunks, int32_t pad_id, cm_error *err);
 void te_chunks_release(te_chunks *c);
 
+/* ------------------------------------------------------------------------
+ * clip.c — one CLIP text transformer (HF naming or OpenCLIP naming).
+ *
+ * Pre-LN transformer over 77-token windows: token + position embeddings,
+ * L layers of [LN1, causal self-attention, residual, LN2, MLP, residual],
+ * final LN. Padding is not masked. hidden_states[0] is the embedding
+ * output, hidden_states[k] the output of layer k (before the final LN).
+ * ---------------------------------------------------------------------- */
+
+typedef struct te_clip te_clip;
+
+typedef struct {
+    int width;  /* hidden_size */
+    int layers; /* layers in the tower (all of the file's, or the config's) */
+    int heads;
+    int mlp;    /* intermediate_size */
+    int vocab;
+    int npos;   /* max_position_embeddings (>= 77) */
+    int proj;   /* text_projection output width, 0 when absent */
+    int openclip; /* 1: OpenCLIP names (fused in_proj), 0: HF names */
+    cm_act act;
+    float eps;
+} te_clip_config;
+
+/* prefix: the tower's canonical name prefix ending in '.', e.g.
+ * "cond_stage_model.transformer.text_model." or "cond_stage_model.model.";
+ * section: the config section ("text_encoder", "text_encoder_2") or NULL.
+ * Fields missing from the config are derived from tensor shapes. Every
+ * tensor is checked (presence and shape) here, not at encode time. */
+te_clip *te_clip_create(const wt_model *m, const char *prefix, const char *section, cm_error *err);
+void te_clip_free(te_clip *c);
+const te_clip_config *te_clip_get_config(const te_clip *c);
+
+/* What one te_clip_encode call produces. */
+typedef struct {
+    int layer;      /* hidden_states[layer] goes to out (0..layers) */
+    int final_ln;   /* apply the final LN to it */
+    float *out;     /* (B, 77, width), or NULL */
+    int pool_layer; /* pooled from the final LN of hidden_states[pool_layer] (1..layers) */
+    int project;    /* pooled through text_projection (proj wide) */
+    float *pooled;  /* (B, width or proj) at the first EOS = argmax(ids), or NULL */
+} te_clip_run;
+
+/* ids (B, 77), each in [0, vocab). */
+cm_status te_clip_encode(const te_clip *c, const int32_t *ids, int B, const te_clip_run *r,
+                         cm_error *err);
+
 #endif
