@@ -10,11 +10,18 @@
 #include "testutil.h"
 #include "textenc_internal.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define TOL 1e-4
+
+/* The te_encode_pair tests need the tokenizer and prompt parser
+ * (textenc/tokenizer.c, prompt.c); on until they land. */
+#ifndef TE_ENCODER_TESTS
+#define TE_ENCODER_TESTS 0
+#endif
 
 #define SD1_MODEL "golden/sd1-tiny/model/sd1-tiny_f16.safetensors"
 #define SD2_MODEL "golden/sd2-tiny/model/sd2-tiny_f16.safetensors"
@@ -220,6 +227,219 @@ START_TEST(clip_limits)
 }
 END_TEST
 
+
+#if TE_ENCODER_TESTS
+/* ------------------------------------------------------------------------
+ * The conditioning API: te_encode_pair on a plain prompt reproduces the
+ * goldens' rows for P0 (row 0) and the empty negative prompt (row 3).
+ * ---------------------------------------------------------------------- */
+
+#define P0 "a photo of a cat"
+
+static te_encoder *make_encoder(wt_model *m)
+{
+    cm_error err = {0};
+    te_encoder *e = te_encoder_create(m, &err);
+    ck_assert_msg(e != NULL, "te_encoder_create: %s", err.msg);
+    return e;
+}
+
+/* Row `row` of a golden (4, ...) tensor against a (1, ...) result. */
+static void check_row(const char *what, const cm_tensor *got, const char *gfile, const char *gname, int row)
+{
+    cm_tensor want = {0};
+    tu_golden(gfile, gname, &want);
+    int64_t n = cm_tensor_numel(&want) / want.shape[0];
+    ck_assert_msg(cm_tensor_numel(got) == n, "%s: %lld values, golden row has %lld", what,
+                  (long long)cm_tensor_numel(got), (long long)n);
+    TU_ASSERT_CLOSE(what, got->data, want.data + row * n, n, TOL);
+    cm_tensor_release(&want);
+}
+
+static void encode_ok(te_encoder *e, const char *p, const char *n, int skip, te_cond *c, te_cond *u)
+{
+    cm_error err = {0};
+    ck_assert_msg(te_encode_pair(e, p, n, skip, c, u, &err) == CM_OK, "te_encode_pair: %s", err.msg);
+}
+
+START_TEST(encode_sd1_golden)
+{
+    const char *g = "golden/sd1-tiny/text_encoder.safetensors";
+    wt_model *m = open_model(SD1_MODEL);
+    te_encoder *e = make_encoder(m);
+    te_cond c = {0}, u = {0};
+    encode_ok(e, P0, "", 0, &c, &u);
+    ck_assert_int_eq(c.context.ndim, 3);
+    ck_assert_int_eq(c.context.shape[1], 77);
+    ck_assert_int_eq(c.context.shape[2], 32);
+    ck_assert(c.pooled.data == NULL);
+    check_row("sd1 cond", &c.context, g, "last_hidden_state", 0);
+    check_row("sd1 uncond", &u.context, g, "last_hidden_state", 3);
+    te_cond_release(&c);
+    te_cond_release(&u);
+    /* clip skip 2 = penultimate layer + final LN */
+    encode_ok(e, P0, "", 2, &c, &u);
+    check_row("sd1 cond clip-skip 2", &c.context, g, "penultimate_ln", 0);
+    check_row("sd1 uncond clip-skip 2", &u.context, g, "penultimate_ln", 3);
+    te_cond_release(&c);
+    te_cond_release(&u);
+    /* identical prompts: one encoding, two equal results */
+    encode_ok(e, P0, P0, 1, &c, &u);
+    check_row("sd1 uncond = prompt", &u.context, g, "last_hidden_state", 0);
+    te_cond_release(&c);
+    te_cond_release(&u);
+    te_encoder_free(e);
+    wt_model_close(m);
+}
+END_TEST
+
+START_TEST(encode_sd2_golden)
+{
+    const char *g = "golden/sd2-tiny/text_encoder.safetensors";
+    wt_model *m = open_model(SD2_MODEL);
+    te_encoder *e = make_encoder(m);
+    te_cond c = {0}, u = {0};
+    encode_ok(e, P0, "", 0, &c, &u);
+    check_row("sd2 cond", &c.context, g, "last_hidden_state", 0);
+    check_row("sd2 uncond", &u.context, g, "last_hidden_state", 3);
+    te_cond_release(&c);
+    te_cond_release(&u);
+    encode_ok(e, P0, "", 1, &c, &u); /* clip skip 1: the full tower */
+    check_row("sd2 cond clip-skip 1", &c.context, g, "full_tower_last_hidden_state", 0);
+    te_cond_release(&c);
+    te_cond_release(&u);
+    te_encoder_free(e);
+    wt_model_close(m);
+}
+END_TEST
+
+START_TEST(encode_sdxl_golden)
+{
+    const char *g = "golden/sdxl-tiny/text_encoder.safetensors";
+    wt_model *m = open_model(SDXL_MODEL);
+    te_encoder *e = make_encoder(m);
+    te_cond c = {0}, u = {0};
+    encode_ok(e, P0, "", 0, &c, &u);
+    ck_assert_int_eq(c.context.shape[2], 96);
+    check_row("sdxl cond", &c.context, g, "prompt_embeds", 0);
+    check_row("sdxl pooled", &c.pooled, g, "enc2_text_embeds", 0);
+    /* force_zeros_for_empty_prompt */
+    ck_assert_int_eq(u.context.shape[1], 77);
+    for (int64_t i = 0; i < cm_tensor_numel(&u.context); i++) ck_assert(u.context.data[i] == 0.0f);
+    for (int64_t i = 0; i < cm_tensor_numel(&u.pooled); i++) ck_assert(u.pooled.data[i] == 0.0f);
+    te_cond_release(&c);
+    te_cond_release(&u);
+    /* a non-empty negative prompt is encoded (row 0 as negative here) */
+    encode_ok(e, "", P0, 0, &c, &u);
+    check_row("sdxl uncond = P0", &u.context, g, "prompt_embeds", 0);
+    check_row("sdxl uncond pooled = P0", &u.pooled, g, "enc2_text_embeds", 0);
+    check_row("sdxl cond = empty", &c.context, g, "prompt_embeds", 3);
+    check_row("sdxl cond pooled = empty", &c.pooled, g, "enc2_text_embeds", 3);
+    te_cond_release(&c);
+    te_cond_release(&u);
+    te_encoder_free(e);
+    wt_model_close(m);
+}
+END_TEST
+
+/* Emphasis: (x:w) scales those tokens' states, then the window's mean is
+ * restored; a long prompt gives more windows and uncond is padded to match. */
+START_TEST(encode_emphasis_chunks)
+{
+    wt_model *m = open_model(SD1_MODEL);
+    te_encoder *e = make_encoder(m);
+    te_cond c = {0}, u = {0}, c0 = {0}, u0 = {0};
+    encode_ok(e, P0, "", 0, &c0, &u0);
+    encode_ok(e, "a photo of a (cat:1.5)", "", 0, &c, &u);
+    ck_assert_int_eq(c.context.shape[1], 77);
+    const int C = 32;
+    double m0 = 0, m1 = 0;
+    for (int i = 0; i < 77 * C; i++) {
+        m0 += c0.context.data[i];
+        m1 += c.context.data[i];
+    }
+    ck_assert_msg(fabs(m0 - m1) <= 1e-4 * fabs(m0) + 1e-3, "mean not restored: %g vs %g", m0, m1);
+    /* token 5 ("cat") is scaled by 1.5 relative to its neighbours */
+    int64_t n5 = 5 * C;
+    double f = (double)c.context.data[n5 + 3] / c0.context.data[n5 + 3];
+    double f1 = (double)c.context.data[1 * C + 3] / c0.context.data[1 * C + 3];
+    ck_assert_msg(fabs(f / f1 - 1.5) < 1e-4, "weight ratio %g (want 1.5)", f / f1);
+    te_cond_release(&c);
+    te_cond_release(&u);
+    /* more than 75 tokens: two windows, uncond padded to two windows */
+    char longp[2048] = "";
+    for (int i = 0; i < 100; i++) strcat(longp, "cat ");
+    encode_ok(e, longp, "", 0, &c, &u);
+    ck_assert_int_eq(c.context.shape[1], 154);
+    ck_assert_int_eq(u.context.shape[1], 154);
+    /* both uncond windows are the empty prompt's encoding */
+    TU_ASSERT_CLOSE("uncond window 2", u.context.data + 77 * C, u0.context.data, 77 * C, 1e-6);
+    te_cond_release(&c);
+    te_cond_release(&u);
+    te_cond_release(&c0);
+    te_cond_release(&u0);
+    te_encoder_free(e);
+    wt_model_close(m);
+}
+END_TEST
+
+/* `stipple encode` writes (2, T, C) rows [uncond, cond]. */
+START_TEST(encode_cli)
+{
+    char cmd[8192], out[4096];
+    snprintf(out, sizeof out, "%s/enc_sd1.npy", tu_tmpdir());
+    snprintf(cmd, sizeof cmd, "%s encode -m %s -p '%s' -o %s", tu_stipple(), tu_data(SD1_MODEL), P0, out);
+    char *so = NULL, *se = NULL;
+    int rc = tu_run(cmd, &so, &se);
+    ck_assert_msg(rc == 0, "stipple encode exit %d: %s", rc, se ? se : "");
+    cm_free(so);
+    cm_free(se);
+    cm_tensor t = {0};
+    cm_error err = {0};
+    ck_assert_msg(cm_npy_read(out, &t, &err) == CM_OK, "%s", err.msg);
+    ck_assert_int_eq(t.ndim, 3);
+    ck_assert_int_eq(t.shape[0], 2);
+    ck_assert_int_eq(t.shape[1], 77);
+    ck_assert_int_eq(t.shape[2], 32);
+    cm_tensor want = {0};
+    tu_golden("golden/sd1-tiny/text_encoder.safetensors", "last_hidden_state", &want);
+    TU_ASSERT_CLOSE("encode uncond", t.data, want.data + 3 * 77 * 32, 77 * 32, TOL);
+    TU_ASSERT_CLOSE("encode cond", t.data + 77 * 32, want.data, 77 * 32, TOL);
+    cm_tensor_release(&t);
+    cm_tensor_release(&want);
+
+    /* SDXL: pooled beside it */
+    snprintf(out, sizeof out, "%s/enc_sdxl.npy", tu_tmpdir());
+    snprintf(cmd, sizeof cmd, "%s encode -m %s -p '%s' -o %s --quiet", tu_stipple(), tu_data(SDXL_MODEL), P0, out);
+    rc = tu_run(cmd, &so, &se);
+    ck_assert_msg(rc == 0, "stipple encode exit %d: %s", rc, se ? se : "");
+    cm_free(so);
+    cm_free(se);
+    snprintf(out, sizeof out, "%s/enc_sdxl.pooled.npy", tu_tmpdir());
+    ck_assert_msg(cm_npy_read(out, &t, &err) == CM_OK, "%s", err.msg);
+    ck_assert_int_eq(t.ndim, 2);
+    ck_assert_int_eq(t.shape[0], 2);
+    tu_golden("golden/sdxl-tiny/text_encoder.safetensors", "enc2_text_embeds", &want);
+    TU_ASSERT_CLOSE("encode sdxl pooled cond", t.data + 64, want.data, 64, TOL);
+    cm_tensor_release(&t);
+    cm_tensor_release(&want);
+
+    /* usage errors: exit 2, one line */
+    snprintf(cmd, sizeof cmd, "%s encode -m %s -o %s", tu_stipple(), tu_data(SD1_MODEL), out);
+    rc = tu_run(cmd, &so, &se);
+    ck_assert_int_eq(rc, 2);
+    cm_free(so);
+    cm_free(se);
+    snprintf(cmd, sizeof cmd, "%s encode -m /nonexistent.safetensors -p x -o %s", tu_stipple(), out);
+    rc = tu_run(cmd, &so, &se);
+    ck_assert_int_eq(rc, 1);
+    ck_assert(se && strstr(se, "stipple: error:") == se);
+    cm_free(so);
+    cm_free(se);
+}
+END_TEST
+#endif
+
 TCase *tc_textenc_clip(void)
 {
     TCase *tc = tu_tcase("textenc_clip");
@@ -227,5 +447,12 @@ TCase *tc_textenc_clip(void)
     tcase_add_test(tc, clip_sd2_golden);
     tcase_add_test(tc, clip_sdxl_golden);
     tcase_add_test(tc, clip_limits);
+#if TE_ENCODER_TESTS
+    tcase_add_test(tc, encode_sd1_golden);
+    tcase_add_test(tc, encode_sd2_golden);
+    tcase_add_test(tc, encode_sdxl_golden);
+    tcase_add_test(tc, encode_emphasis_chunks);
+    tcase_add_test(tc, encode_cli);
+#endif
     return tc;
 }
