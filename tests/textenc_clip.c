@@ -228,6 +228,66 @@ START_TEST(clip_limits)
 END_TEST
 
 
+/* Allocation failure: creation and the activation buffer fail cleanly. */
+START_TEST(clip_alloc_fail)
+{
+    wt_model *m = open_model(SD1_MODEL);
+    for (long n = 1; n <= 3; n++) {
+        cm_error err = {0};
+        cm_alloc_fail_at(n);
+        te_clip *c = te_clip_create(m, "cond_stage_model.transformer.text_model.", NULL, &err);
+        cm_alloc_fail_at(0);
+        if (c) {
+            te_clip_free(c);
+        } else {
+            ck_assert_int_eq(err.status, CM_ERR_NOMEM);
+        }
+    }
+    cm_error err = {0};
+    te_clip *c = make_clip(m, "cond_stage_model.transformer.text_model.", NULL);
+    int32_t ids[TE_CTX];
+    for (int i = 0; i < TE_CTX; i++) ids[i] = i ? TE_EOS : TE_BOS;
+    float out[TE_CTX * 32];
+    te_clip_run r = {.layer = 3, .final_ln = 1, .out = out};
+    cm_alloc_fail_at(1);
+    cm_status st = te_clip_encode(c, ids, 1, &r, &err);
+    cm_alloc_fail_at(0);
+    ck_assert_int_eq(st, CM_ERR_NOMEM);
+    te_clip_free(c);
+    wt_model_close(m);
+}
+END_TEST
+
+/* Same bits for 1 and 2 threads. */
+START_TEST(clip_threads)
+{
+    wt_model *m = open_model(SDXL_MODEL);
+    te_clip *c = make_clip(m, "conditioner.embedders.1.model.", "text_encoder_2");
+    int32_t *ids = golden_ids("golden/sdxl-tiny/tokens.safetensors", "input_ids_2");
+    size_t n = 4 * 77 * 64;
+    float *a = malloc(n * sizeof(float)), *b = malloc(n * sizeof(float));
+    float pa[4 * 64], pb[4 * 64];
+    ck_assert(a && b);
+    cm_error err = {0};
+    te_clip_run r = {.layer = 2, .out = a, .pool_layer = 3, .project = 1, .pooled = pa};
+    int saved = cm_threads_get();
+    cm_threads_set(1);
+    ck_assert(te_clip_encode(c, ids, 4, &r, &err) == CM_OK);
+    r.out = b;
+    r.pooled = pb;
+    cm_threads_set(2);
+    ck_assert(te_clip_encode(c, ids, 4, &r, &err) == CM_OK);
+    cm_threads_set(saved);
+    ck_assert(memcmp(a, b, n * sizeof(float)) == 0);
+    ck_assert(memcmp(pa, pb, sizeof pa) == 0);
+    free(a);
+    free(b);
+    free(ids);
+    te_clip_free(c);
+    wt_model_close(m);
+}
+END_TEST
+
 #if TE_ENCODER_TESTS
 /* ------------------------------------------------------------------------
  * The conditioning API: te_encode_pair on a plain prompt reproduces the
@@ -447,6 +507,8 @@ TCase *tc_textenc_clip(void)
     tcase_add_test(tc, clip_sd2_golden);
     tcase_add_test(tc, clip_sdxl_golden);
     tcase_add_test(tc, clip_limits);
+    tcase_add_test(tc, clip_alloc_fail);
+    tcase_add_test(tc, clip_threads);
 #if TE_ENCODER_TESTS
     tcase_add_test(tc, encode_sd1_golden);
     tcase_add_test(tc, encode_sd2_golden);
