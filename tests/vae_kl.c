@@ -1,5 +1,5 @@
 /* vae_kl.c — test case vae_kl: the KL autoencoder (vae/kl.c) against the
- * diffusers AutoencoderKL goldens of sd1-tiny and sd2-tiny
+ * diffusers AutoencoderKL goldens of sd1-tiny, sd2-tiny and sd3-tiny
  * (golden/<dir>/vae_decode.safetensors, vae_encode.safetensors, computed
  * in float32 from the F16 model files under golden/<dir>/model/), block-level
  * intermediates, thread determinism, tiled decoding, bad input.
@@ -142,6 +142,10 @@ END_TEST
 START_TEST(test_decode_sd2) { run_decode("sd2-tiny", 0); }
 END_TEST
 
+/* SD3: 16 latent channels, shift factor, no quant_conv / post_quant_conv. */
+START_TEST(test_decode_sd3) { run_decode("sd3-tiny", 0); }
+END_TEST
+
 /* ------------------------------------------------------------------------
  * Encoder
  * ---------------------------------------------------------------------- */
@@ -200,6 +204,9 @@ START_TEST(test_encode_sd1) { run_encode("sd1-tiny", 1); }
 END_TEST
 
 START_TEST(test_encode_sd2) { run_encode("sd2-tiny", 0); }
+END_TEST
+
+START_TEST(test_encode_sd3) { run_encode("sd3-tiny", 0); }
 END_TEST
 
 /* The posterior sample helper against hand-computed values. */
@@ -421,6 +428,8 @@ TCase *tc_vae_kl(void)
     tcase_add_test(tc, test_decode_sd2);
     tcase_add_test(tc, test_encode_sd1);
     tcase_add_test(tc, test_encode_sd2);
+    tcase_add_test(tc, test_decode_sd3);
+    tcase_add_test(tc, test_encode_sd3);
     tcase_add_test(tc, test_moments);
     tcase_add_test(tc, test_threads);
     tcase_add_test(tc, test_tiled);
