@@ -66,4 +66,155 @@ typedef struct {
  * thread-safe: one forward at a time per df_unet. */
 cm_status df_unet_forward(df_unet *u, const df_unet_input *in, float *out, cm_error *err);
 
+/* ------------------------------------------------------------------------
+ * Schedules and samplers (schedule.c, sampler.c)
+ *
+ * Mirrors diffusers 0.30.3 (DDIMScheduler, EulerDiscreteScheduler,
+ * EulerAncestralDiscreteScheduler, DPMSolverMultistepScheduler with
+ * dpmsolver++ order 2 midpoint, LCMScheduler) in its own float32 / float64
+ * arithmetic, so a replay of recorded model outputs lands on the
+ * reference trajectories (tests/diffusion_sampler.c).
+ *
+ * The pipeline drives every sampler the same way:
+ *
+ *   df_sampler *s = df_sampler_create(kind, &sched, steps, &opts, n, err);
+ *   i0 = 0 (txt2img) or df_sampler_start_index(steps, strength) (img2img)
+ *   txt2img: x = noise * df_sampler_init_noise_sigma(s)
+ *   img2img: df_sampler_add_noise(s, i0, image_latents, noise, x)
+ *   for i = i0 .. steps-1:
+ *       df_sampler_model_input(s, i, x, x_in)           scale_model_input
+ *       t = df_sampler_timestep(s, i)                    UNet timestep
+ *       eps = UNet(x_in, t) (guided)
+ *       df_sampler_step(s, i, eps, x, noise_fn, ctx, err)
+ *       inpaint (4-channel): df_sampler_inpaint_blend(s, i, ...)
+ *
+ * n is the number of latent values of the whole batch (B*C*h*w): every
+ * buffer the samplers need is allocated at create time, the loop
+ * allocates nothing. Steps must run in order from i0 (DPM++ keeps the
+ * previous step's x0 prediction).
+ * ---------------------------------------------------------------------- */
+
+typedef enum { DF_PRED_EPS = 0, DF_PRED_V } df_prediction;
+
+typedef enum {
+    DF_SPACING_DEFAULT = 0, /* the scheduler config's timestep_spacing */
+    DF_SPACING_LEADING,
+    DF_SPACING_TRAILING,
+    DF_SPACING_LINSPACE,
+} df_spacing;
+
+/* The training noise schedule (a value: filled by df_schedule_init,
+ * released by df_schedule_release). Arrays have n entries, float32 exactly
+ * as torch computes them: betas = linspace(sqrt(b0), sqrt(b1), n)^2
+ * (scaled_linear) or linspace(b0, b1, n) (linear), alphas_cumprod =
+ * cumprod(1 - betas) (float64 running product rounded per entry, as
+ * torch's CPU cumprod), sigmas = sqrt((1 - ac) / ac). */
+typedef struct {
+    int n;                   /* num_train_timesteps */
+    float *betas;
+    float *alphas_cumprod;
+    float *sigmas;
+    float final_alpha_cumprod; /* set_alpha_to_one ? 1 : alphas_cumprod[0] */
+    df_prediction prediction;  /* prediction_type epsilon | v_prediction */
+    df_spacing spacing;        /* timestep_spacing (never DEFAULT) */
+    int steps_offset;
+    int original_inference_steps; /* LCM (default 50) */
+    float timestep_scaling;       /* LCM (default 10) */
+} df_schedule;
+
+/* cfg: the "scheduler" section (wt_model_section(m, "scheduler"),
+ * diffusers field names; NULL = SD defaults: 1000 steps, scaled_linear
+ * 0.00085..0.012, epsilon, leading, steps_offset 1, set_alpha_to_one
+ * false). trained_betas (array) is honoured. Unknown beta_schedule,
+ * rescale_betas_zero_snr or thresholding are CM_ERR_UNSUPPORTED. */
+cm_status df_schedule_init(df_schedule *s, const cJSON *cfg, cm_error *err);
+void df_schedule_release(df_schedule *s); /* zeroes the struct; NULL ok */
+/* "eps" / "epsilon" / "v" / "v_prediction" -> *p; else CM_ERR_USAGE. */
+cm_status df_prediction_parse(const char *name, df_prediction *p, cm_error *err);
+/* "leading" / "trailing" / "linspace" -> *sp; else CM_ERR_USAGE. */
+cm_status df_spacing_parse(const char *name, df_spacing *sp, cm_error *err);
+
+typedef enum {
+    DF_SAMPLER_DDIM = 0,
+    DF_SAMPLER_EULER,
+    DF_SAMPLER_EULER_A,
+    DF_SAMPLER_DPMPP_2M,
+    DF_SAMPLER_LCM,
+} df_sampler_kind;
+
+/* CLI name ("ddim", "euler", "euler_a", "dpmpp_2m", "lcm"). */
+const char *df_sampler_name(df_sampler_kind k);
+/* A1111 name for the PNG metadata ("DDIM", "Euler", "Euler a",
+ * "DPM++ 2M", "LCM"). */
+const char *df_sampler_a1111_name(df_sampler_kind k);
+/* Accepts the CLI names and the diffusers class names (DDIMScheduler,
+ * EulerDiscreteScheduler, EulerAncestralDiscreteScheduler,
+ * DPMSolverMultistepScheduler, LCMScheduler). */
+cm_status df_sampler_parse(const char *name, df_sampler_kind *k, cm_error *err);
+
+typedef struct {
+    df_spacing spacing; /* DEFAULT: the schedule's (SD: leading) */
+    int karras;         /* Karras sigmas (rho 7): DPM++ 2M and Euler only */
+    float eta;          /* DDIM only (0 = deterministic) */
+} df_sampler_opts;
+
+/* Per-step noise: fill out[0..n) with the next draw of the run's RNG
+ * (for a batch, the caller splits n per image as its generators want).
+ * df_sampler_step calls it exactly when the reference draws: Euler draws
+ * one UNUSED tensor per step (s_churn 0), Euler a and DDIM with eta > 0
+ * every step, LCM every step but the last, DPM++ 2M never. With a NULL
+ * noise_fn unused draws are skipped and a needed draw is CM_ERR_USAGE. */
+typedef void (*df_noise_fn)(void *ctx, float *out, int64_t n);
+
+typedef struct df_sampler df_sampler;
+
+/* steps >= 1 (LCM: <= original_inference_steps); n = latent values of the
+ * batch. opts may be NULL (defaults). */
+df_sampler *df_sampler_create(df_sampler_kind kind, const df_schedule *sched, int steps,
+                              const df_sampler_opts *opts, int64_t n, cm_error *err);
+void df_sampler_free(df_sampler *s);
+
+df_sampler_kind df_sampler_kind_of(const df_sampler *s);
+int df_sampler_steps(const df_sampler *s);
+/* What the UNet gets at step i (diffusers' timesteps[i]; fractional for
+ * Euler with linspace spacing or Karras sigmas). */
+float df_sampler_timestep(const df_sampler *s, int i);
+/* sigmas[i], i in [0, steps] (Euler family and DPM++; sigmas[steps] = 0).
+ * DDIM / LCM: sqrt((1-ac)/ac) at timesteps[i], 0 at i = steps. */
+float df_sampler_sigma(const df_sampler *s, int i);
+/* txt2img: latents_0 = noise * init_noise_sigma (Euler leading:
+ * sqrt(sigma_max^2 + 1); Euler linspace/trailing: sigma_max; others 1). */
+float df_sampler_init_noise_sigma(const df_sampler *s);
+
+/* scale_model_input: x_in = x / sqrt(sigma_i^2 + 1) (Euler family) or a
+ * copy (others). x_in may equal x. n values. */
+void df_sampler_model_input(const df_sampler *s, int i, const float *x, float *x_in);
+
+/* One step from timesteps[i] to timesteps[i+1]: model_out is the
+ * (guided) model output at step i (eps or v), x (n values) is updated in
+ * place. Errors: step out of order, missing noise_fn for a needed draw. */
+cm_status df_sampler_step(df_sampler *s, int i, const float *model_out, float *x,
+                          df_noise_fn noise_fn, void *noise_ctx, cm_error *err);
+
+/* img2img: the first step index for a strength in [0, 1] (the reference's
+ * get_timesteps: steps - min(int(steps * strength), steps)). steps means
+ * "nothing to do". */
+int df_sampler_start_index(int steps, double strength);
+
+/* Noise x0 to the level of step i (the reference's add_noise for this
+ * sampler): DDIM / LCM sqrt(ac[t_i]) x0 + sqrt(1 - ac[t_i]) noise;
+ * Euler family x0 + noise * sigma_i; DPM++ alpha_i x0 + sigma_t,i noise.
+ * i == steps gives out = x0. out may equal x0 or noise. n values. */
+void df_sampler_add_noise(const df_sampler *s, int i, const float *x0, const float *noise,
+                          float *out);
+
+/* Legacy 4-channel inpainting, after df_sampler_step(s, i, ...):
+ *   x = (1 - mask) * add_noise(image_latents, noise, i + 1) + mask * x
+ * (image_latents itself after the last step). mask (h*w, 1 = repaint) is
+ * broadcast over the planes: x, image_latents and noise are (planes, hw)
+ * with planes = B*C. */
+void df_sampler_inpaint_blend(const df_sampler *s, int i, const float *image_latents,
+                              const float *noise, const float *mask, int64_t planes, int64_t hw,
+                              float *x);
+
 #endif
