@@ -1,4 +1,523 @@
-/* weights_core.c — test case weights_core (being written). */
+/* weights_core.c — test case weights_core: SHA-256, model opening with a
+ * stipple.config, family detection of checkpoints without one, diffusers
+ * folders mapped onto canonical names, and `stipple info`.
+ *
+ * Expected values come from the golden set (tests/data/golden): each tiny
+ * model's config.json (diffusers configs written by the reference), its
+ * .keys.tsv (names, dtypes, shapes) and the single-file model itself.
+ */
 #include "testutil.h"
+#include "weights_internal.h"
 
-TCase *tc_weights_core(void) { return tu_tcase("weights_core"); }
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------------
+ * Helpers
+ * ---------------------------------------------------------------------- */
+
+static char *slurp(const char *path, size_t *n)
+{
+    char *d = NULL;
+    cm_error err = {0};
+    ck_assert_msg(cm_file_read_all(path, &d, n, &err) == CM_OK, "%s", err.msg);
+    return d;
+}
+
+static void spit(const char *path, const void *a, size_t na, const void *b, size_t nb)
+{
+    FILE *f = fopen(path, "wb");
+    ck_assert_msg(f != NULL, "cannot write %s", path);
+    ck_assert(fwrite(a, 1, na, f) == na);
+    if (nb) ck_assert(fwrite(b, 1, nb, f) == nb);
+    ck_assert(fclose(f) == 0);
+}
+
+static void put_u64(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+
+/* Write header JSON + data as a safetensors file. */
+static void write_st(const char *path, const char *hdr, const void *data, size_t ndata)
+{
+    size_t hn = strlen(hdr);
+    unsigned char *buf = malloc(8 + hn);
+    put_u64(buf, hn);
+    memcpy(buf + 8, hdr, hn);
+    spit(path, buf, 8 + hn, data, ndata);
+    free(buf);
+}
+
+/* A safetensors file with the names, dtypes and shapes of a .keys.tsv and
+ * zero data; only tensors whose name starts with one of `keep` (NULL: all). */
+static const char *synth_from_keys(const char *keys_rel, const char *out_name, const char *const *keep)
+{
+    size_t n;
+    char *tsv = slurp(tu_data(keys_rel), &n);
+    cJSON *hdr = cJSON_CreateObject();
+    uint64_t off = 0;
+    char *save = NULL;
+    int line = 0;
+    for (char *l = strtok_r(tsv, "\n", &save); l; l = strtok_r(NULL, "\n", &save), line++) {
+        if (line == 0) continue; /* column names */
+        char *t1 = strchr(l, '\t');
+        ck_assert(t1);
+        *t1 = 0;
+        char *t2 = strchr(t1 + 1, '\t');
+        ck_assert(t2);
+        *t2 = 0;
+        const char *name = l, *dt = t1 + 1, *shape = t2 + 1;
+        int ok = keep == NULL;
+        for (int i = 0; keep && keep[i]; i++)
+            if (!strncmp(name, keep[i], strlen(keep[i]))) ok = 1;
+        if (!ok) continue;
+        cJSON *sh = cJSON_Parse(shape);
+        ck_assert(cJSON_IsArray(sh));
+        uint64_t bytes = !strcmp(dt, "F32") || !strcmp(dt, "I32") ? 4 : !strcmp(dt, "I64") ? 8 : 2;
+        for (cJSON *d = sh->child; d; d = d->next) bytes *= (uint64_t)d->valuedouble;
+        cJSON *e = cJSON_CreateObject();
+        cJSON_AddStringToObject(e, "dtype", dt);
+        cJSON_AddItemToObject(e, "shape", sh);
+        cJSON *o = cJSON_AddArrayToObject(e, "data_offsets");
+        cJSON_AddItemToArray(o, cJSON_CreateNumber((double)off));
+        cJSON_AddItemToArray(o, cJSON_CreateNumber((double)(off + bytes)));
+        cJSON_AddItemToObject(hdr, name, e);
+        off += bytes;
+    }
+    cm_free(tsv);
+    char *h = cJSON_PrintUnformatted(hdr);
+    cJSON_Delete(hdr);
+    void *zeros = calloc(1, off ? off : 1);
+    static char path[8][4096];
+    static int k;
+    char *p = path[k++ & 7];
+    snprintf(p, 4096, "%s/%s", tu_tmpdir(), out_name);
+    write_st(p, h, zeros, off);
+    free(zeros);
+    free(h);
+    return p;
+}
+
+/* A copy of a safetensors file without its __metadata__. */
+static const char *strip_metadata(const char *rel, const char *out_name)
+{
+    size_t n;
+    char *d = slurp(tu_data(rel), &n);
+    uint64_t hn = 0;
+    for (int i = 7; i >= 0; i--) hn = (hn << 8) | (unsigned char)d[i];
+    ck_assert(hn + 8 <= n);
+    cJSON *hdr = cJSON_ParseWithLength(d + 8, hn);
+    ck_assert(hdr);
+    cJSON_DeleteItemFromObjectCaseSensitive(hdr, "__metadata__");
+    char *h = cJSON_PrintUnformatted(hdr);
+    cJSON_Delete(hdr);
+    static char path[4096];
+    snprintf(path, sizeof path, "%s/%s", tu_tmpdir(), out_name);
+    size_t nh = strlen(h);
+    unsigned char *buf = malloc(8 + nh);
+    put_u64(buf, nh);
+    memcpy(buf + 8, h, nh);
+    spit(path, buf, 8 + nh, d + 8 + hn, n - 8 - hn);
+    free(buf);
+    free(h);
+    cm_free(d);
+    return path;
+}
+
+static cJSON *golden_config(const char *dir)
+{
+    char rel[256];
+    snprintf(rel, sizeof rel, "golden/%s/config.json", dir);
+    size_t n;
+    char *d = slurp(tu_data(rel), &n);
+    cJSON *j = cJSON_ParseWithLength(d, n);
+    cm_free(d);
+    ck_assert_msg(j != NULL, "bad %s", rel);
+    return j;
+}
+
+static void expect_int(const char *what, const cJSON *got, const cJSON *want, const char *key, int levels)
+{
+    int n = levels > 0 ? levels : 1;
+    for (int i = 0; i < n; i++) {
+        int w = wt_cfg_int_at(want, key, i, -12345), g = wt_cfg_int_at(got, key, i, -54321);
+        ck_assert_msg(g == w, "%s.%s[%d]: detected %d, reference %d", what, key, i, g, w);
+    }
+}
+
+static void expect_str(const char *what, const cJSON *got, const cJSON *want, const char *key)
+{
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(got, key), *b = cJSON_GetObjectItemCaseSensitive(want, key);
+    if (cJSON_IsArray(b)) {
+        ck_assert_msg(cJSON_IsArray(a) && cJSON_GetArraySize(a) == cJSON_GetArraySize(b), "%s.%s: length differs",
+                      what, key);
+        for (int i = 0; i < cJSON_GetArraySize(b); i++)
+            ck_assert_msg(!strcmp(cJSON_GetArrayItem(a, i)->valuestring, cJSON_GetArrayItem(b, i)->valuestring),
+                          "%s.%s[%d]: detected %s, reference %s", what, key, i,
+                          cJSON_GetArrayItem(a, i)->valuestring, cJSON_GetArrayItem(b, i)->valuestring);
+        return;
+    }
+    const char *w = wt_cfg_str(want, key, "(null)"), *g = wt_cfg_str(got, key, "(null)");
+    ck_assert_msg(!strcmp(g, w), "%s.%s: detected %s, reference %s", what, key, g, w);
+}
+
+static void expect_text(const char *what, const cJSON *got, const cJSON *want)
+{
+    ck_assert_msg(got != NULL, "%s section missing", what);
+    static const char *keys[] = {"hidden_size",       "num_hidden_layers", "num_attention_heads",
+                                 "intermediate_size", "max_position_embeddings", "vocab_size"};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) expect_int(what, got, want, keys[i], 0);
+    expect_str(what, got, want, "hidden_act");
+}
+
+/* Detection on `path` must reproduce the essential fields of the
+ * reference configs stored in golden/<dir>/config.json. */
+static void check_detection(const char *path, const char *dir)
+{
+    cm_error err = {0};
+    wt_model *m = wt_model_open(path, &err);
+    ck_assert_msg(m != NULL, "%s", err.msg);
+    ck_assert_str_eq(wt_model_config_source(m), "detected");
+    cJSON *ref = golden_config(dir);
+    const cJSON *cfg = cJSON_GetObjectItemCaseSensitive(ref, "cfg");
+    ck_assert_str_eq(wt_family_name(wt_model_family(m)), wt_cfg_str(cfg, "family", "?"));
+
+    const cJSON *u = wt_model_section(m, "unet"), *ru = cJSON_GetObjectItemCaseSensitive(ref, "unet_config");
+    ck_assert_msg(u != NULL, "no unet section");
+    int L = wt_cfg_len(ru, "block_out_channels");
+    ck_assert_int_eq(wt_cfg_len(u, "block_out_channels"), L);
+    expect_int("unet", u, ru, "block_out_channels", L);
+    static const char *ukeys[] = {"layers_per_block", "in_channels", "out_channels", "cross_attention_dim"};
+    for (size_t i = 0; i < sizeof ukeys / sizeof ukeys[0]; i++) expect_int("unet", u, ru, ukeys[i], 0);
+    expect_int("unet", u, ru, "attention_head_dim", L);
+    expect_int("unet", u, ru, "transformer_layers_per_block", L);
+    ck_assert_msg(wt_cfg_int(u, "use_linear_projection", -1) == wt_cfg_int(ru, "use_linear_projection", -2),
+                  "unet.use_linear_projection differs");
+    expect_str("unet", u, ru, "down_block_types");
+    expect_str("unet", u, ru, "up_block_types");
+    expect_str("unet", u, ru, "addition_embed_type");
+    if (wt_cfg_str(ru, "addition_embed_type", NULL)) {
+        expect_int("unet", u, ru, "addition_time_embed_dim", 0);
+        expect_int("unet", u, ru, "projection_class_embeddings_input_dim", 0);
+    }
+
+    const cJSON *v = wt_model_section(m, "vae"), *rv = cJSON_GetObjectItemCaseSensitive(ref, "vae_config");
+    ck_assert_msg(v != NULL, "no vae section");
+    int LV = wt_cfg_len(rv, "block_out_channels");
+    ck_assert_int_eq(wt_cfg_len(v, "block_out_channels"), LV);
+    expect_int("vae", v, rv, "block_out_channels", LV);
+    expect_int("vae", v, rv, "latent_channels", 0);
+    expect_int("vae", v, rv, "layers_per_block", 0);
+    ck_assert(wt_cfg_num(v, "scaling_factor", 0) == wt_cfg_num(rv, "scaling_factor", 1));
+
+    expect_text("text_encoder", wt_model_section(m, "text_encoder"),
+                cJSON_GetObjectItemCaseSensitive(ref, "text_encoder_config"));
+    const cJSON *rt2 = cJSON_GetObjectItemCaseSensitive(ref, "text_encoder_2_config");
+    if (cJSON_IsObject(rt2)) expect_text("text_encoder_2", wt_model_section(m, "text_encoder_2"), rt2);
+    else ck_assert(wt_model_section(m, "text_encoder_2") == NULL);
+    if (cJSON_GetObjectItemCaseSensitive(cfg, "text_layers_used"))
+        ck_assert_int_eq(wt_cfg_int(wt_model_config(m), "text_layers_used", -1),
+                         wt_cfg_int(cfg, "text_layers_used", -2));
+    cJSON_Delete(ref);
+    wt_model_close(m);
+}
+
+/* ------------------------------------------------------------------------
+ * SHA-256
+ * ---------------------------------------------------------------------- */
+
+static void hex(const unsigned char *d, char *out)
+{
+    for (int i = 0; i < 32; i++) snprintf(out + 2 * i, 3, "%02x", d[i]);
+}
+
+START_TEST(test_sha256_vectors)
+{
+    /* FIPS 180-2 appendix B test vectors. */
+    static const struct { const char *msg, *digest; } v[] = {
+        {"abc", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"},
+        {"", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"},
+        {"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq",
+         "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"},
+    };
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
+        wt_sha256 s;
+        unsigned char d[32];
+        char h[65];
+        wt_sha256_init(&s);
+        /* byte by byte, to cross the block boundary inside update */
+        for (const char *p = v[i].msg; *p; p++) wt_sha256_update(&s, p, 1);
+        wt_sha256_final(&s, d);
+        hex(d, h);
+        ck_assert_str_eq(h, v[i].digest);
+    }
+    /* One million 'a' (FIPS 180-2 B.3), in uneven pieces. */
+    static char chunk[1000];
+    memset(chunk, 'a', sizeof chunk);
+    wt_sha256 s;
+    unsigned char d[32];
+    char h[65];
+    wt_sha256_init(&s);
+    for (int i = 0; i < 1000; i++) {
+        wt_sha256_update(&s, chunk, 333);
+        wt_sha256_update(&s, chunk, 667);
+    }
+    wt_sha256_final(&s, d);
+    hex(d, h);
+    ck_assert_str_eq(h, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+
+    char path[4096], out[16];
+    snprintf(path, sizeof path, "%s/abc.txt", tu_tmpdir());
+    spit(path, "abc", 3, NULL, 0);
+    ck_assert_int_eq(wt_sha256_file_hex10(path, out), CM_OK);
+    ck_assert_str_eq(out, "ba7816bf8f");
+}
+END_TEST
+
+/* ------------------------------------------------------------------------
+ * Single file with stipple.config; detection without it
+ * ---------------------------------------------------------------------- */
+
+START_TEST(test_open_single)
+{
+    cm_error err = {0};
+    wt_model *m = wt_model_open(tu_data("golden/sd1-tiny/model/sd1-tiny_f16.safetensors"), &err);
+    ck_assert_msg(m != NULL, "%s", err.msg);
+    ck_assert_int_eq(wt_model_family(m), WT_FAMILY_SD1);
+    ck_assert_str_eq(wt_model_config_source(m), "stipple.config");
+    ck_assert_int_eq(wt_model_count(m), 613);
+    ck_assert_str_eq(wt_model_stem(m), "sd1-tiny_f16");
+    const int64_t shape[4] = {32, 4, 3, 3};
+    ck_assert(wt_model_require(m, "model.diffusion_model.input_blocks.0.0.weight", 4, shape, &err) != NULL);
+    const int64_t wrong[4] = {32, 9, 3, 3};
+    ck_assert(wt_model_require(m, "model.diffusion_model.input_blocks.0.0.weight", 4, wrong, &err) == NULL);
+    ck_assert_msg(strstr(err.msg, "input_blocks.0.0.weight") && strstr(err.msg, "sd1-tiny_f16"), "%s", err.msg);
+    ck_assert(wt_model_require(m, "model.diffusion_model.nope", 1, shape, &err) == NULL);
+    ck_assert_msg(strstr(err.msg, "nope") && strstr(err.msg, "missing"), "%s", err.msg);
+    wt_model_close(m);
+}
+END_TEST
+
+START_TEST(test_detect_sd1)
+{
+    check_detection(strip_metadata("golden/sd1-tiny/model/sd1-tiny_f16.safetensors", "sd1-stripped.safetensors"),
+                    "sd1-tiny");
+    check_detection(synth_from_keys("golden/sd1-tiny/model/sd1-tiny_f16.keys.tsv", "sd1-keys.safetensors", NULL),
+                    "sd1-tiny");
+}
+END_TEST
+
+START_TEST(test_detect_sd2)
+{
+    check_detection(synth_from_keys("golden/sd2-tiny/model/sd2-tiny_f16.keys.tsv", "sd2-keys.safetensors", NULL),
+                    "sd2-tiny");
+}
+END_TEST
+
+START_TEST(test_detect_sdxl)
+{
+    check_detection(synth_from_keys("golden/sdxl-tiny/model/sdxl-tiny_f16.keys.tsv", "sdxl-keys.safetensors", NULL),
+                    "sdxl-tiny");
+}
+END_TEST
+
+START_TEST(test_detect_inpaint)
+{
+    const char *p = synth_from_keys("golden/sd1-inpaint-tiny/model/sd1-inpaint-tiny_f16.keys.tsv",
+                                    "inpaint-keys.safetensors", NULL);
+    check_detection(p, "sd1-inpaint-tiny");
+    cm_error err = {0};
+    wt_model *m = wt_model_open(p, &err);
+    ck_assert_msg(m != NULL, "%s", err.msg);
+    ck_assert_int_eq(wt_cfg_int(wt_model_section(m, "unet"), "in_channels", 0), 9);
+    wt_model_close(m);
+}
+END_TEST
+
+START_TEST(test_detect_partial_files)
+{
+    static const struct { const char *keep[3]; const char *want; } cases[] = {
+        {{"first_stage_model.", NULL}, "no UNet found"},
+        {{"model.diffusion_model.", NULL}, "no text encoder found"},
+        {{"model.diffusion_model.", "cond_stage_model.", NULL}, "no VAE found"},
+        {{"cond_stage_model.", NULL}, "no UNet found"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "partial%zu.safetensors", i);
+        const char *p = synth_from_keys("golden/sd1-tiny/model/sd1-tiny_f16.keys.tsv", name, cases[i].keep);
+        cm_error err = {0};
+        wt_model *m = wt_model_open(p, &err);
+        ck_assert_msg(m == NULL, "case %zu opened", i);
+        ck_assert_int_ne(err.status, CM_OK);
+        ck_assert_msg(strstr(err.msg, cases[i].want) && strstr(err.msg, p), "case %zu: %s", i, err.msg);
+    }
+}
+END_TEST
+
+/* ------------------------------------------------------------------------
+ * Diffusers folder
+ * ---------------------------------------------------------------------- */
+
+START_TEST(test_diffusers_sd1)
+{
+    cm_error err = {0};
+    wt_model *single = wt_model_open(tu_data("golden/sd1-tiny/model/sd1-tiny_f16.safetensors"), &err);
+    ck_assert_msg(single != NULL, "%s", err.msg);
+    wt_model *d = wt_model_open(tu_data("golden/sd1-tiny/model/diffusers"), &err);
+    ck_assert_msg(d != NULL, "%s", err.msg);
+    ck_assert_int_eq(wt_model_family(d), WT_FAMILY_SD1);
+    ck_assert_str_eq(wt_model_config_source(d), "diffusers");
+    ck_assert_str_eq(wt_cfg_str(wt_model_section(d, "scheduler"), "prediction_type", "?"), "epsilon");
+    ck_assert_int_eq(wt_cfg_int(wt_model_section(d, "unet"), "layers_per_block", 0), 2);
+    int checked = 0;
+    for (int i = 0; i < wt_model_count(single); i++) {
+        const char *name = wt_model_name_at(single, i);
+        if (!strchr(name, '.') || strstr(name, "position_ids")) continue; /* DDPM buffers, position_ids */
+        const cm_wview *a = wt_model_view_at(single, i), *b = wt_model_get(d, name);
+        ck_assert_msg(b != NULL, "diffusers folder lacks %s", name);
+        ck_assert_msg(a->dtype == b->dtype && a->ndim == b->ndim, "%s: dtype/ndim %d/%d vs %d/%d", name,
+                      (int)a->dtype, a->ndim, (int)b->dtype, b->ndim);
+        for (int k = 0; k < a->ndim; k++)
+            ck_assert_msg(a->shape[k] == b->shape[k], "%s: dim %d is %lld, single file %lld", name, k,
+                          (long long)b->shape[k], (long long)a->shape[k]);
+        size_t bytes = (size_t)cm_wview_numel(a) * cm_dtype_size(a->dtype);
+        ck_assert_msg(memcmp(a->data, b->data, bytes) == 0, "%s: bytes differ", name);
+        checked++;
+    }
+    ck_assert_int_gt(checked, 500);
+    /* Nothing left unmapped. */
+    ck_assert_int_eq(wt_model_count_prefix(d, "diffusers."), 0);
+    wt_model_close(d);
+    wt_model_close(single);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------
+ * stipple info
+ * ---------------------------------------------------------------------- */
+
+/* Expected parameter count per component from the .keys.tsv: elements of
+ * floating-point tensors, grouped by checkpoint prefix. */
+static void keys_params(const char *rel, double *te, double *unet, double *vae)
+{
+    size_t n;
+    char *tsv = slurp(tu_data(rel), &n);
+    *te = *unet = *vae = 0;
+    char *save = NULL;
+    int line = 0;
+    for (char *l = strtok_r(tsv, "\n", &save); l; l = strtok_r(NULL, "\n", &save), line++) {
+        if (line == 0) continue;
+        char name[512], dt[16], shape[256];
+        ck_assert(sscanf(l, "%511[^\t]\t%15[^\t]\t%255[^\n]", name, dt, shape) == 3);
+        if (strcmp(dt, "F16") && strcmp(dt, "F32") && strcmp(dt, "BF16")) continue;
+        cJSON *sh = cJSON_Parse(shape);
+        ck_assert_msg(cJSON_IsArray(sh), "bad shape %s", shape);
+        double c = 1;
+        for (cJSON *d = sh->child; d; d = d->next) c *= d->valuedouble;
+        cJSON_Delete(sh);
+        if (!strncmp(name, "model.diffusion_model.", 22)) *unet += c;
+        else if (!strncmp(name, "first_stage_model.", 18)) *vae += c;
+        else if (!strncmp(name, "cond_stage_model.", 17)) *te += c;
+    }
+    cm_free(tsv);
+}
+
+static void check_info(const char *model, double te, double unet, double vae)
+{
+    char cmd[8192], *out = NULL, *errs = NULL;
+    snprintf(cmd, sizeof cmd, "'%s' info --json '%s'", tu_stipple(), model);
+    int rc = tu_run(cmd, &out, &errs);
+    ck_assert_msg(rc == 0 && out, "%s: exit %d: %s", cmd, rc, errs ? errs : "");
+    cJSON *j = cJSON_Parse(out);
+    ck_assert_msg(j != NULL, "not JSON: %s", out);
+    ck_assert_str_eq(wt_cfg_str(j, "family", "?"), "sd1");
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(j, "components");
+    ck_assert(wt_cfg_num(cJSON_GetObjectItemCaseSensitive(c, "text_encoder"), "params", -1) == te);
+    ck_assert(wt_cfg_num(cJSON_GetObjectItemCaseSensitive(c, "unet"), "params", -1) == unet);
+    ck_assert(wt_cfg_num(cJSON_GetObjectItemCaseSensitive(c, "vae"), "params", -1) == vae);
+    ck_assert_int_eq(wt_cfg_int(cJSON_GetObjectItemCaseSensitive(c, "unet"), "in_channels", 0), 4);
+    ck_assert_int_eq(wt_cfg_int(cJSON_GetObjectItemCaseSensitive(c, "unet"), "context_dim", 0), 32);
+    ck_assert_int_eq(wt_cfg_int(cJSON_GetObjectItemCaseSensitive(c, "vae"), "latent_channels", 0), 4);
+    ck_assert_int_eq(wt_cfg_int(cJSON_GetObjectItemCaseSensitive(c, "text_encoder"), "hidden_size", 0), 32);
+    ck_assert_int_eq((int)strlen(wt_cfg_str(j, "model_hash", "")), 10);
+    cJSON_Delete(j);
+    cm_free(out);
+    cm_free(errs);
+    /* The text form runs too. */
+    snprintf(cmd, sizeof cmd, "'%s' info '%s'", tu_stipple(), model);
+    rc = tu_run(cmd, &out, &errs);
+    ck_assert_msg(rc == 0 && out && strstr(out, "family:") && strstr(out, "sd1"), "%s: exit %d", cmd, rc);
+    cm_free(out);
+    cm_free(errs);
+}
+
+START_TEST(test_info_sd1)
+{
+    double te, unet, vae;
+    keys_params("golden/sd1-tiny/model/sd1-tiny_f16.keys.tsv", &te, &unet, &vae);
+    ck_assert(te > 0 && unet > 0 && vae > 0);
+    check_info(tu_data("golden/sd1-tiny/model/sd1-tiny_f16.safetensors"), te, unet, vae);
+    check_info(tu_data("golden/sd1-tiny/model/diffusers"), te, unet, vae);
+
+    /* Model hash = first 10 hex digits of the file's SHA-256 (sha256sum). */
+    char cmd[8192], *out = NULL, *errs = NULL;
+    snprintf(cmd, sizeof cmd, "sha256sum '%s'", tu_data("golden/sd1-tiny/model/sd1-tiny_f16.safetensors"));
+    if (tu_run(cmd, &out, &errs) == 0 && out && strlen(out) > 10) {
+        char want[11];
+        memcpy(want, out, 10);
+        want[10] = 0;
+        cm_free(out);
+        cm_free(errs);
+        snprintf(cmd, sizeof cmd, "'%s' info '%s'", tu_stipple(), tu_data("golden/sd1-tiny/model/sd1-tiny_f16.safetensors"));
+        ck_assert_int_eq(tu_run(cmd, &out, &errs), 0);
+        ck_assert_msg(strstr(out, want) != NULL, "hash %s not in: %s", want, out);
+    }
+    cm_free(out);
+    cm_free(errs);
+}
+END_TEST
+
+START_TEST(test_info_usage)
+{
+    char cmd[4096], *out = NULL, *errs = NULL;
+    snprintf(cmd, sizeof cmd, "'%s' info --bogus x", tu_stipple());
+    ck_assert_int_eq(tu_run(cmd, &out, &errs), 2);
+    ck_assert_msg(errs && !strncmp(errs, "stipple: error: ", 16), "%s", errs ? errs : "");
+    cm_free(out);
+    cm_free(errs);
+    snprintf(cmd, sizeof cmd, "'%s' info --help", tu_stipple());
+    ck_assert_int_eq(tu_run(cmd, &out, &errs), 0);
+    ck_assert(out && strstr(out, "usage: stipple info"));
+    cm_free(out);
+    cm_free(errs);
+    snprintf(cmd, sizeof cmd, "'%s' info a b", tu_stipple());
+    ck_assert_int_eq(tu_run(cmd, &out, &errs), 2);
+    cm_free(out);
+    cm_free(errs);
+    /* No model: the built-in one when it exists, else a usage error. */
+    snprintf(cmd, sizeof cmd, "'%s' info", tu_stipple());
+    int rc = tu_run(cmd, &out, &errs);
+    ck_assert_msg(rc == 0 || (rc == 2 && errs && strstr(errs, "no model given")), "exit %d: %s", rc,
+                  errs ? errs : "");
+    cm_free(out);
+    cm_free(errs);
+}
+END_TEST
+
+TCase *tc_weights_core(void)
+{
+    TCase *tc = tu_tcase("weights_core");
+    tcase_add_test(tc, test_sha256_vectors);
+    tcase_add_test(tc, test_open_single);
+    tcase_add_test(tc, test_detect_sd1);
+    tcase_add_test(tc, test_detect_sd2);
+    tcase_add_test(tc, test_detect_sdxl);
+    tcase_add_test(tc, test_detect_inpaint);
+    tcase_add_test(tc, test_detect_partial_files);
+    tcase_add_test(tc, test_diffusers_sd1);
+    tcase_add_test(tc, test_info_sd1);
+    tcase_add_test(tc, test_info_usage);
+    return tc;
+}

@@ -27,6 +27,7 @@ struct wt_model {
     wt_hash index;
     char hash[16];
     char stem[256];
+    const char *config_source; /* "stipple.config", "diffusers", "detected" */
 };
 
 const char *wt_family_name(wt_family f)
@@ -96,6 +97,19 @@ cm_status wt_model_add_file(wt_model *m, const char *path, const char *prefix, c
     return CM_OK;
 }
 
+/* Take ownership of an open file without registering its names (the
+ * caller maps them: diffusers.c). */
+cm_status wt_model_attach(wt_model *m, wt_file *f, cm_error *err)
+{
+    if (m->nfiles == MAX_FILES) {
+        cm_error_set(err, CM_ERR_UNSUPPORTED, "%s: too many weight files", wt_file_path(f));
+        wt_file_close(f);
+        return CM_ERR_UNSUPPORTED;
+    }
+    m->files[m->nfiles++] = f;
+    return CM_OK;
+}
+
 static void set_stem(wt_model *m)
 {
     const char *p = m->path;
@@ -141,10 +155,13 @@ wt_model *wt_model_open(const char *path, cm_error *err)
                 cm_error_set(err, CM_ERR_FORMAT, "%s: stipple.config is not a JSON object", path);
                 goto fail;
             }
+            m->config_source = "stipple.config";
         }
     }
+    if (m->config && !m->config_source) m->config_source = "diffusers";
     if (!m->config) {
         if (wt_detect_config(m, &m->config, err)) goto fail;
+        m->config_source = "detected";
     }
     m->family = family_from_name(wt_cfg_str(m->config, "family", NULL));
     if (m->family == WT_FAMILY_UNKNOWN) {
@@ -188,6 +205,7 @@ void wt_model_set_config(wt_model *m, cJSON *config)
 }
 
 int wt_model_nfiles(const wt_model *m) { return m->nfiles; }
+const char *wt_model_config_source(const wt_model *m) { return m->config_source ? m->config_source : "?"; }
 wt_file *wt_model_file_at(const wt_model *m, int i) { return m->files[i]; }
 
 const cm_wview *wt_model_get(const wt_model *m, const char *name)

@@ -74,7 +74,9 @@ static cm_status parse_header(wt_file *f, cm_error *err)
                             P, f->size);
     uint64_t hn = 0;
     for (int i = 7; i >= 0; i--) hn = (hn << 8) | f->map[i];
-    if (hn == 0 || hn > f->size - 8)
+    if (hn == 0)
+        return cm_error_set(err, CM_ERR_FORMAT, "%s: header length is 0: not a safetensors file", P);
+    if (hn > f->size - 8)
         return cm_error_set(err, CM_ERR_FORMAT,
                             "%s: header length %llu exceeds the file (%zu bytes): truncated or not safetensors",
                             P, (unsigned long long)hn, f->size);
@@ -182,21 +184,32 @@ static cm_status parse_header(wt_file *f, cm_error *err)
             st = cm_error_set(err, CM_ERR_NOMEM, "out of memory reading %s", P);
             goto fail;
         }
-        if (!wt_hash_put(&f->index, f->names[n], n)) {
-            cm_error_set(err, CM_ERR_FORMAT, "%s: tensor %s appears twice in the header", P, name);
+        int put = wt_hash_put(&f->index, f->names[n], n);
+        if (put <= 0) {
+            if (put < 0)
+                st = cm_error_set(err, CM_ERR_NOMEM, "out of memory indexing %s", P);
+            else
+                cm_error_set(err, CM_ERR_FORMAT, "%s: tensor %s appears twice in the header", P, name);
             n++;
             goto fail;
         }
         n++;
     }
     f->n = n;
+    /* Sorted by begin, a non-empty span overlaps an earlier one exactly when
+     * it begins before the furthest end seen so far. Empty tensors occupy no
+     * bytes and cannot overlap anything. */
     qsort(spans, (size_t)n, sizeof *spans, span_cmp);
-    for (int i = 1; i < n; i++)
-        if (spans[i].b < spans[i - 1].e && spans[i].e > spans[i].b && spans[i - 1].e > spans[i - 1].b) {
+    int far = -1; /* index (into spans) of the non-empty span ending furthest */
+    for (int i = 0; i < n; i++) {
+        if (spans[i].e == spans[i].b) continue;
+        if (far >= 0 && spans[i].b < spans[far].e) {
             cm_error_set(err, CM_ERR_FORMAT, "%s: tensors %s and %s overlap in the data area", P,
-                         f->names[spans[i - 1].i], f->names[spans[i].i]);
+                         f->names[spans[far].i], f->names[spans[i].i]);
             goto fail;
         }
+        if (far < 0 || spans[i].e > spans[far].e) far = i;
+    }
     cJSON *meta = cJSON_DetachItemFromObjectCaseSensitive(root, "__metadata__");
     f->meta = meta;
     st = CM_OK;
@@ -300,6 +313,7 @@ uint64_t wt_file_size(const wt_file *f) { return f->size; }
 int wt_file_count(const wt_file *f) { return f->n; }
 const char *wt_file_name_at(const wt_file *f, int i) { return f->names[i]; }
 const cm_wview *wt_file_view_at(const wt_file *f, int i) { return &f->views[i]; }
+cm_wview *wt_file_view_mut(wt_file *f, int i) { return &f->views[i]; }
 
 const cm_wview *wt_file_find(const wt_file *f, const char *name)
 {

@@ -26,6 +26,12 @@ void wt_hash_free(wt_hash *h);
 cm_status wt_model_put(wt_model *m, const char *name, const cm_wview *v, cm_error *err);
 void wt_model_set_config(wt_model *m, cJSON *config);
 int wt_model_nfiles(const wt_model *m);
+/* Where the config came from: "stipple.config", "diffusers" or "detected". */
+const char *wt_model_config_source(const wt_model *m);
+/* Own an open file (closed with the model, also on failure here) without
+ * registering its names; the caller registers mapped names with
+ * wt_model_put. The first file attached is the one wt_model_hash hashes. */
+cm_status wt_model_attach(wt_model *m, wt_file *f, cm_error *err);
 wt_file *wt_model_file_at(const wt_model *m, int i);
 
 /* diffusers.c: open a diffusers folder into m (files, canonical names,
@@ -36,7 +42,25 @@ cm_status wt_diffusers_open(wt_model *m, const char *dir, cm_error *err);
  * names and shapes (family defaults). */
 cm_status wt_detect_config(const wt_model *m, cJSON **config, cm_error *err);
 
-/* sha256.c: first 10 hex digits of the file's SHA-256 (+ NUL). */
+/* safetensors.c: a file's own view, for adjusting the shape of a view
+ * whose bytes are identical in both layouts (diffusers' [C,C] VAE
+ * attention linears exposed as LDM's [C,C,1,1] 1x1 convs). */
+cm_wview *wt_file_view_mut(wt_file *f, int i);
+
+/* sha256.c: FIPS 180-4 SHA-256. */
+typedef struct {
+    uint32_t h[8];
+    uint64_t len; /* bytes hashed so far */
+    unsigned char buf[64];
+    size_t nbuf;
+} wt_sha256;
+
+void wt_sha256_init(wt_sha256 *s);
+void wt_sha256_update(wt_sha256 *s, const void *data, size_t n);
+void wt_sha256_final(wt_sha256 *s, unsigned char digest[32]);
+/* Full 64-hex-digit digest of a file (out: 65 bytes). */
+cm_status wt_sha256_file(const char *path, char out[65], cm_error *err);
+/* First 10 hex digits of the file's SHA-256 (+ NUL): A1111's model hash. */
 cm_status wt_sha256_file_hex10(const char *path, char out[16]);
 
 #endif
