@@ -1,30 +1,101 @@
 /* kernels.c — the kernels the model code calls, dispatched to the fastest
- * variant; each is checked against its _ref twin in kernels_ref.c.
+ * variant; each is checked against its _ref twin in kernels_ref.c
+ * (tests/common_kernels.c) and timed by tests/bench_kernels.c.
  *
- * First version: straightforward, OpenMP-parallel, vectorisable loops with
- * weights converted to float32 per call. The packed GEMM engine, implicit
- * GEMM convolution and flash attention of PERF.md replace these bodies
- * without changing the interface.
+ *   linear, 1x1 conv, plain GEMM  -> the packed GEMM engine (gemm.c)
+ *   3x3 / any conv                -> implicit GEMM: per-tap row gather from
+ *                                    the NHWC input, no im2col buffer
+ *   nearest-2x upsample + 3x3 conv-> four 2x2 convs on the small input
+ *                                    (effective weights = sums of 3x3 taps)
+ *   attention                     -> flash attention (Dao et al. 2022):
+ *                                    tiled online softmax, no Tq x Tk matrix
+ *   group norm (+SiLU)            -> chunked two-pass statistics in a fixed
+ *                                    order, one fused normalise pass
+ * PERF.md describes the design. Layouts as in common.h.
  */
 #include "common.h"
+#include "simd.h"
 
 #include <math.h>
 #include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 static cm_precision g_prec = CM_PREC_F32;
 void cm_precision_set(cm_precision p) { g_prec = p; }
 cm_precision cm_precision_get(void) { return g_prec; }
 
-/* Weights to float32 in a fresh buffer (NULL on allocation failure:
- * kernels cannot report errors, so callers keep inputs small enough that
- * this is a programmer error). */
-static float *to_f32(const cm_wview *w)
+/* ------------------------------------------------------------------------
+ * Weight conversion (any stored dtype, possibly unaligned)
+ * ---------------------------------------------------------------------- */
+
+/* dst[i*ds] = w[off + i*ss] as float32, i < n. */
+static void cvt_strided(const cm_wview *w, int64_t off, int64_t n, int64_t ss, float *dst,
+                        int64_t ds)
 {
-    int64_t n = cm_wview_numel(w);
-    float *f = cm_alloc((size_t)n * sizeof(float), "kernel weights", NULL);
+    const char *base = (const char *)w->data;
+    switch (w->dtype) {
+    case CM_F32:
+        for (int64_t i = 0; i < n; i++) {
+            float v;
+            memcpy(&v, base + 4 * (off + i * ss), 4);
+            dst[i * ds] = v;
+        }
+        return;
+    case CM_F16:
+        for (int64_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, base + 2 * (off + i * ss), 2);
+            dst[i * ds] = cm_h2f(h);
+        }
+        return;
+    case CM_BF16:
+        for (int64_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, base + 2 * (off + i * ss), 2);
+            dst[i * ds] = cm_bf2f(h);
+        }
+        return;
+    default:
+        for (int64_t i = 0; i < n; i++) dst[i * ds] = cm_wview_get(w, off + i * ss);
+    }
+}
+
+/* A (small) weight vector as a fresh float32 buffer; NULL for NULL. */
+static float *vec_f32(const cm_wview *w, int64_t n)
+{
+    if (!w) return NULL;
+    CM_ASSERT(cm_wview_numel(w) >= n);
+    float *f = cm_alloc((size_t)(n > 0 ? n : 1) * sizeof(float), "kernel vector", NULL);
     CM_ASSERT(f);
-    cm_wview_to_f32(w, 0, n, f);
+    cvt_strided(w, 0, n, 1, f, 1);
     return f;
+}
+
+/* ------------------------------------------------------------------------
+ * Linear and plain GEMM
+ * ---------------------------------------------------------------------- */
+
+static const float *lin_arow(const cm_gemm_job *j, int64_t m, int tap)
+{
+    (void)tap;
+    return j->x + m * j->ldx;
+}
+static float *lin_yrow(const cm_gemm_job *j, int64_t m) { return j->y + m * j->ldy; }
+static const float *lin_rrow(const cm_gemm_job *j, int64_t m) { return j->res + m * j->ldy; }
+
+/* w (N,K): panel p column jj = row n of w. */
+static void lin_packb(const cm_gemm_job *j, int64_t p, int nr, int valid, float *dst)
+{
+    int64_t K = j->C;
+    for (int jj = 0; jj < nr; jj++) {
+        if (jj < valid)
+            cvt_strided(j->w, (p * nr + jj) * K, K, 1, dst + jj, nr);
+        else
+            for (int64_t k = 0; k < K; k++) dst[k * nr + jj] = 0.0f;
+    }
 }
 
 void cm_linear(const float *x, int64_t ldx, int64_t M, int64_t K, const cm_wview *w,
@@ -32,136 +103,462 @@ void cm_linear(const float *x, int64_t ldx, int64_t M, int64_t K, const cm_wview
 {
     int64_t N = w->shape[0];
     CM_ASSERT(cm_wview_numel(w) == N * K);
-    float *wf = to_f32(w);
-    float *bf = bias ? to_f32(bias) : NULL;
-#pragma omp parallel for schedule(static)
-    for (int64_t m = 0; m < M; m++) {
-        const float *xr = x + m * ldx;
-        for (int64_t n = 0; n < N; n++) {
-            const float *wr = wf + n * K;
-            float acc = 0;
-            for (int64_t k = 0; k < K; k++) acc += xr[k] * wr[k];
-            if (bf) acc += bf[n];
-            acc = cm_act_scalar(acc, act);
-            if (residual) acc += residual[m * ldy + n];
-            y[m * ldy + n] = acc;
+    float *bf = vec_f32(bias, N);
+    cm_gemm_job jb = {0};
+    jb.M = M;
+    jb.N = N;
+    jb.C = K;
+    jb.ntap = 1;
+    jb.arow = lin_arow;
+    jb.yrow = lin_yrow;
+    jb.rrow = residual ? lin_rrow : NULL;
+    jb.packb = lin_packb;
+    jb.bias = bf;
+    jb.act = act;
+    jb.x = x;
+    jb.ldx = ldx;
+    jb.y = y;
+    jb.ldy = ldy;
+    jb.res = residual;
+    jb.w = w;
+    cm_gemm_run(&jb);
+    cm_free(bf);
+}
+
+static void f32_packb(const cm_gemm_job *j, int64_t p, int nr, int valid, float *dst)
+{
+    int64_t K = j->C;
+    if (j->b_is_nk) {
+        for (int jj = 0; jj < nr; jj++) {
+            const float *src = j->bf + (p * nr + jj) * j->ldb;
+            for (int64_t k = 0; k < K; k++) dst[k * nr + jj] = jj < valid ? src[k] : 0.0f;
+        }
+    } else {
+        for (int64_t k = 0; k < K; k++) {
+            const float *src = j->bf + k * j->ldb + p * nr;
+            for (int jj = 0; jj < nr; jj++) dst[k * nr + jj] = jj < valid ? src[jj] : 0.0f;
         }
     }
-    cm_free(wf);
-    cm_free(bf);
 }
 
 void cm_gemm_f32(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B,
                  int64_t ldb, int b_is_nk, float beta, float *C, int64_t ldc)
 {
-#pragma omp parallel for schedule(static)
-    for (int64_t m = 0; m < M; m++)
-        for (int64_t n = 0; n < N; n++) {
-            float acc = 0;
-            if (b_is_nk)
-                for (int64_t k = 0; k < K; k++) acc += A[m * lda + k] * B[n * ldb + k];
-            else
-                for (int64_t k = 0; k < K; k++) acc += A[m * lda + k] * B[k * ldb + n];
-            C[m * ldc + n] = beta != 0 ? C[m * ldc + n] + acc : acc;
-        }
+    cm_gemm_job jb = {0};
+    jb.M = M;
+    jb.N = N;
+    jb.C = K;
+    jb.ntap = 1;
+    jb.arow = lin_arow;
+    jb.yrow = lin_yrow;
+    jb.rrow = beta != 0 ? lin_rrow : NULL;
+    jb.packb = f32_packb;
+    jb.act = CM_ACT_NONE;
+    jb.x = A;
+    jb.ldx = lda;
+    jb.y = C;
+    jb.ldy = ldc;
+    jb.res = C;
+    jb.bf = B;
+    jb.ldb = ldb;
+    jb.b_is_nk = b_is_nk;
+    cm_gemm_run(&jb);
 }
 
-/* Weights repacked to [KH][KW][IC][OC] so the inner loop runs over OC. */
+/* ------------------------------------------------------------------------
+ * Convolution as implicit GEMM: row m = output pixel (b, oy, ox), K ordered
+ * (tap, ic) so each tap reads C contiguous input channels.
+ * ---------------------------------------------------------------------- */
+
+static const float *conv_arow(const cm_gemm_job *j, int64_t m, int tap)
+{
+    int64_t hw = (int64_t)j->OH * j->OW;
+    int64_t b = m / hw, r = m % hw;
+    int oy = (int)(r / j->OW), ox = (int)(r % j->OW);
+    int iy = oy * j->stride - j->pad + tap / j->KW;
+    int ix = ox * j->stride - j->pad + tap % j->KW;
+    if (iy < 0 || iy >= j->H || ix < 0 || ix >= j->W) return NULL;
+    return j->x + ((b * j->H + iy) * j->W + ix) * j->C;
+}
+static float *conv_yrow(const cm_gemm_job *j, int64_t m) { return j->y + m * j->N; }
+static const float *conv_rrow(const cm_gemm_job *j, int64_t m) { return j->res + m * j->N; }
+
+/* w (OC, IC, KH, KW): B[(t*C + ic)][oc] = w[oc][ic][t]. */
+static void conv_packb(const cm_gemm_job *j, int64_t p, int nr, int valid, float *dst)
+{
+    int64_t C = j->C, T = j->ntap;
+    for (int jj = 0; jj < nr; jj++) {
+        if (jj >= valid) {
+            for (int64_t k = 0; k < T * C; k++) dst[k * nr + jj] = 0.0f;
+            continue;
+        }
+        int64_t oc = p * nr + jj;
+        for (int64_t t = 0; t < T; t++)
+            cvt_strided(j->w, oc * C * T + t, C, T, dst + t * C * nr + jj, nr);
+    }
+}
+
 void cm_conv2d(const float *x, int B, int H, int W, int C, const cm_wview *w,
                const cm_wview *bias, cm_conv_params p, const float *residual, float *y)
 {
     int OC = (int)w->shape[0], KH = (int)w->shape[2], KW = (int)w->shape[3];
     CM_ASSERT(w->shape[1] == C);
     int OH = (H + 2 * p.pad - KH) / p.stride + 1, OW = (W + 2 * p.pad - KW) / p.stride + 1;
-    float *wf = to_f32(w);
-    float *wp = cm_alloc((size_t)OC * C * KH * KW * sizeof(float), "conv weights", NULL);
-    CM_ASSERT(wp);
-    for (int oc = 0; oc < OC; oc++)
-        for (int ic = 0; ic < C; ic++)
-            for (int ky = 0; ky < KH; ky++)
-                for (int kx = 0; kx < KW; kx++)
-                    wp[(((int64_t)ky * KW + kx) * C + ic) * OC + oc] =
-                        wf[(((int64_t)oc * C + ic) * KH + ky) * KW + kx];
-    cm_free(wf);
-    float *bf = bias ? to_f32(bias) : NULL;
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int b = 0; b < B; b++)
-        for (int oy = 0; oy < OH; oy++)
-            for (int ox = 0; ox < OW; ox++) {
-                float *out = y + (((int64_t)b * OH + oy) * OW + ox) * OC;
-                for (int oc = 0; oc < OC; oc++) out[oc] = 0;
-                for (int ky = 0; ky < KH; ky++) {
-                    int iy = oy * p.stride - p.pad + ky;
-                    if (iy < 0 || iy >= H) continue;
-                    for (int kx = 0; kx < KW; kx++) {
-                        int ix = ox * p.stride - p.pad + kx;
-                        if (ix < 0 || ix >= W) continue;
-                        const float *xin = x + (((int64_t)b * H + iy) * W + ix) * C;
-                        const float *wk = wp + ((int64_t)ky * KW + kx) * C * OC;
-                        for (int ic = 0; ic < C; ic++) {
-                            float xv = xin[ic];
-                            const float *wr = wk + (int64_t)ic * OC;
-#pragma omp simd
-                            for (int oc = 0; oc < OC; oc++) out[oc] += xv * wr[oc];
-                        }
-                    }
-                }
-                if (bf)
-                    for (int oc = 0; oc < OC; oc++) out[oc] += bf[oc];
-                if (residual) {
-                    const float *r = residual + (((int64_t)b * OH + oy) * OW + ox) * OC;
-                    for (int oc = 0; oc < OC; oc++) out[oc] += r[oc];
-                }
-            }
-    cm_free(wp);
+    if (KH == 1 && KW == 1 && p.stride == 1 && p.pad == 0) {
+        cm_linear(x, C, (int64_t)B * H * W, C, w, bias, CM_ACT_NONE, residual, y, OC);
+        return;
+    }
+    float *bf = vec_f32(bias, OC);
+    cm_gemm_job jb = {0};
+    jb.M = (int64_t)B * OH * OW;
+    jb.N = OC;
+    jb.C = C;
+    jb.ntap = KH * KW;
+    jb.arow = conv_arow;
+    jb.yrow = conv_yrow;
+    jb.rrow = residual ? conv_rrow : NULL;
+    jb.packb = conv_packb;
+    jb.bias = bf;
+    jb.act = CM_ACT_NONE;
+    jb.x = x;
+    jb.y = y;
+    jb.res = residual;
+    jb.w = w;
+    jb.B = B;
+    jb.H = H;
+    jb.W = W;
+    jb.OH = OH;
+    jb.OW = OW;
+    jb.stride = p.stride;
+    jb.pad = p.pad;
+    jb.KH = KH;
+    jb.KW = KW;
+    cm_gemm_run(&jb);
     cm_free(bf);
+}
+
+/* ------------------------------------------------------------------------
+ * Nearest 2x upsample + 3x3 pad-1 conv as four 2x2 convs.
+ *
+ * Output (2y+py, 2x+px) reads upsampled rows 2y+py-1 .. 2y+py+1, i.e. small
+ * rows y+py-1 (tap a=0) and y+py (a=1); kernel rows {0} and {1,2} fall on
+ * them for py=0, {0,1} and {2} for py=1. Same for columns. The effective
+ * 2x2 weights are those sums, formed in float32 while packing (so results
+ * differ from upsample-then-conv by rounding only).
+ * ---------------------------------------------------------------------- */
+
+static const int up_k0[2][2] = {{0, 1}, {0, 2}}; /* [phase][tap]: first kernel row */
+static const int up_k1[2][2] = {{0, 2}, {1, 2}}; /* [phase][tap]: last kernel row */
+
+static const float *up_arow(const cm_gemm_job *j, int64_t m, int tap)
+{
+    int64_t hw = (int64_t)j->H * j->W;
+    int64_t b = m / hw, r = m % hw;
+    int oy = (int)(r / j->W), ox = (int)(r % j->W);
+    int iy = oy + (tap >> 1) - 1 + j->up_py, ix = ox + (tap & 1) - 1 + j->up_px;
+    if (iy < 0 || iy >= j->H || ix < 0 || ix >= j->W) return NULL;
+    return j->x + ((b * j->H + iy) * j->W + ix) * j->C;
+}
+static float *up_yrow(const cm_gemm_job *j, int64_t m)
+{
+    int64_t hw = (int64_t)j->H * j->W;
+    int64_t b = m / hw, r = m % hw;
+    int oy = (int)(r / j->W), ox = (int)(r % j->W);
+    return j->y + ((b * 2 * j->H + 2 * oy + j->up_py) * 2 * j->W + 2 * ox + j->up_px) * j->N;
+}
+
+static void up_packb(const cm_gemm_job *j, int64_t p, int nr, int valid, float *dst)
+{
+    int64_t C = j->C;
+    for (int jj = 0; jj < nr; jj++) {
+        if (jj >= valid) {
+            for (int64_t k = 0; k < 4 * C; k++) dst[k * nr + jj] = 0.0f;
+            continue;
+        }
+        int64_t oc = p * nr + jj;
+        for (int64_t ic = 0; ic < C; ic++) {
+            float w9[9];
+            cvt_strided(j->w, (oc * C + ic) * 9, 9, 1, w9, 1);
+            for (int t = 0; t < 4; t++) {
+                int a = t >> 1, bb = t & 1;
+                float s = 0.0f;
+                for (int ky = up_k0[j->up_py][a]; ky <= up_k1[j->up_py][a]; ky++)
+                    for (int kx = up_k0[j->up_px][bb]; kx <= up_k1[j->up_px][bb]; kx++)
+                        s += w9[ky * 3 + kx];
+                dst[(t * C + ic) * nr + jj] = s;
+            }
+        }
+    }
 }
 
 void cm_upsample2x_conv3x3(const float *x, int B, int H, int W, int C, const cm_wview *w,
                            const cm_wview *bias, float *y)
 {
-    float *up = cm_alloc((size_t)B * 4 * H * W * C * sizeof(float), "upsample", NULL);
-    CM_ASSERT(up);
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int b = 0; b < B; b++)
-        for (int uy = 0; uy < 2 * H; uy++)
-            for (int ux = 0; ux < 2 * W; ux++)
-                memcpy(up + (((int64_t)b * 2 * H + uy) * 2 * W + ux) * C,
-                       x + (((int64_t)b * H + uy / 2) * W + ux / 2) * C, (size_t)C * sizeof(float));
-    cm_conv2d(up, B, 2 * H, 2 * W, C, w, bias, (cm_conv_params){1, 1}, NULL, y);
-    cm_free(up);
+    int OC = (int)w->shape[0];
+    CM_ASSERT(w->shape[1] == C && w->shape[2] == 3 && w->shape[3] == 3);
+    float *bf = vec_f32(bias, OC);
+    for (int ph = 0; ph < 4; ph++) {
+        cm_gemm_job jb = {0};
+        jb.M = (int64_t)B * H * W;
+        jb.N = OC;
+        jb.C = C;
+        jb.ntap = 4;
+        jb.arow = up_arow;
+        jb.yrow = up_yrow;
+        jb.packb = up_packb;
+        jb.bias = bf;
+        jb.act = CM_ACT_NONE;
+        jb.x = x;
+        jb.y = y;
+        jb.w = w;
+        jb.B = B;
+        jb.H = H;
+        jb.W = W;
+        jb.up_py = ph >> 1;
+        jb.up_px = ph & 1;
+        cm_gemm_run(&jb);
+    }
+    cm_free(bf);
+}
+
+/* ------------------------------------------------------------------------
+ * Flash attention.
+ *
+ * One task = (batch, head, tile of ATT_BQ query rows); keys in blocks of
+ * ATT_BK. Per block: S = Q K^T (GEMM microkernel on packed Q and K^T
+ * panels), online softmax (running max m, running sum l, rescale of the
+ * output accumulator), O += P V (microkernel on packed P and V panels).
+ * The block sizes are constants, so the result does not depend on the
+ * thread count.
+ * ---------------------------------------------------------------------- */
+
+#define ATT_BQ 48 /* a multiple of every MR */
+#define ATT_BK 128
+
+typedef struct {
+    float *qp, *kp, *s, *pp, *vp, *oacc, *m, *l;
+} att_buf;
+
+/* Online-softmax step for one key block: S (nq x ldS), nk valid keys,
+ * query row i may see keys < lim[i]. Writes P into packed A panels. */
+CM_INLINE void att_softmax_body(float *s, int64_t lds, int nq, int nk, const int *lim, float scale,
+                                float *m, float *l, float *oacc, int64_t ldo, int hdp, float *pp,
+                                int mr)
+{
+    for (int i = 0; i < nq; i++) {
+        float *si = s + i * lds;
+        int n = lim[i] < nk ? lim[i] : nk;
+        if (n < 0) n = 0;
+        float mx = -INFINITY;
+        for (int j = 0; j < n; j++) {
+            si[j] *= scale;
+            mx = si[j] > mx ? si[j] : mx;
+        }
+        float mnew = m[i] > mx ? m[i] : mx;
+        float alpha = n > 0 ? cm_vexp(m[i] - mnew) : 1.0f;
+        if (n == 0) mnew = m[i];
+        float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+        for (int j = 0; j < n; j++) {
+            float e = cm_vexp(si[j] - mnew);
+            si[j] = e;
+            sum += e;
+        }
+        for (int j = n; j < nk; j++) si[j] = 0.0f;
+        l[i] = l[i] * alpha + sum;
+        m[i] = mnew;
+        if (alpha != 1.0f) {
+            float *o = oacc + i * ldo;
+#pragma omp simd
+            for (int d = 0; d < hdp; d++) o[d] *= alpha;
+        }
+        /* P row i into the MR-row panel layout: pp[tile][k][r]. */
+        float *dst = pp + (int64_t)(i / mr) * mr * ATT_BK + (i % mr);
+        for (int j = 0; j < nk; j++) dst[j * mr] = si[j];
+    }
+}
+
+CM_TARGET_AVX2 static void att_softmax_avx2(float *s, int64_t lds, int nq, int nk, const int *lim,
+                                            float scale, float *m, float *l, float *oacc,
+                                            int64_t ldo, int hdp, float *pp, int mr)
+{
+    att_softmax_body(s, lds, nq, nk, lim, scale, m, l, oacc, ldo, hdp, pp, mr);
+}
+static void att_softmax_c(float *s, int64_t lds, int nq, int nk, const int *lim, float scale,
+                          float *m, float *l, float *oacc, int64_t ldo, int hdp, float *pp, int mr)
+{
+    att_softmax_body(s, lds, nq, nk, lim, scale, m, l, oacc, ldo, hdp, pp, mr);
+}
+
+static void att_task(const float *q, const float *k, const float *v, float *o,
+                     const cm_attn_params *p, int b, int h, int t0, const cm_isa *isa,
+                     att_buf *bu)
+{
+    const int mr = isa->mr, nr = isa->nr, hd = p->hd;
+    const int nq = p->Tq - t0 < ATT_BQ ? p->Tq - t0 : ATT_BQ;
+    const int qtiles = (nq + mr - 1) / mr;
+    const int hdp = (hd + nr - 1) / nr * nr, bkp = (ATT_BK + nr - 1) / nr * nr;
+    const int level = cm_isa_level();
+    int lim[ATT_BQ];
+
+    /* Q tile packed k-major in MR-row panels (kc = hd). */
+    for (int qt = 0; qt < qtiles; qt++)
+        for (int r = 0; r < mr; r++) {
+            int i = qt * mr + r;
+            float *d = bu->qp + (int64_t)qt * mr * hd + r;
+            if (i < nq) {
+                const float *qr = q + b * p->q_bstride + (int64_t)(t0 + i) * p->q_stride + h * hd;
+                for (int dd = 0; dd < hd; dd++) d[dd * mr] = qr[dd];
+            } else {
+                for (int dd = 0; dd < hd; dd++) d[dd * mr] = 0.0f;
+            }
+        }
+    for (int i = 0; i < nq; i++) {
+        bu->m[i] = -INFINITY;
+        bu->l[i] = 0.0f;
+        lim[i] = p->causal ? t0 + i + 1 : p->Tk;
+    }
+    memset(bu->oacc, 0, (size_t)qtiles * mr * hdp * sizeof(float));
+
+    int kend = p->Tk;
+    if (p->causal && t0 + nq < kend) kend = t0 + nq;
+    for (int s0 = 0; s0 < kend; s0 += ATT_BK) {
+        int nk = kend - s0 < ATT_BK ? kend - s0 : ATT_BK;
+        int kpan = (nk + nr - 1) / nr;
+        /* K^T panels: kp[panel][d][j] = k[s0 + panel*nr + j][d]. */
+        for (int pn = 0; pn < kpan; pn++) {
+            float *d = bu->kp + (int64_t)pn * hd * nr;
+            for (int jj = 0; jj < nr; jj++) {
+                int j = pn * nr + jj;
+                if (j < nk) {
+                    const float *kr = k + b * p->k_bstride + (int64_t)(s0 + j) * p->k_stride + h * hd;
+                    for (int dd = 0; dd < hd; dd++) d[dd * nr + jj] = kr[dd];
+                } else {
+                    for (int dd = 0; dd < hd; dd++) d[dd * nr + jj] = 0.0f;
+                }
+            }
+        }
+        /* V panels: vp[panel][j][dd] = v[s0 + j][panel*nr + dd], kc = ATT_BK
+         * (rows past nk zero). */
+        int vpan = hdp / nr;
+        for (int pn = 0; pn < vpan; pn++) {
+            float *d = bu->vp + (int64_t)pn * ATT_BK * nr;
+            for (int j = 0; j < ATT_BK; j++) {
+                const float *vr = v + b * p->v_bstride + (int64_t)(s0 + j) * p->v_stride + h * hd;
+                for (int dd = 0; dd < nr; dd++) {
+                    int c = pn * nr + dd;
+                    d[j * nr + dd] = (j < nk && c < hd) ? vr[c] : 0.0f;
+                }
+            }
+        }
+        /* S = Q K^T */
+        for (int pn = 0; pn < kpan; pn++)
+            for (int qt = 0; qt < qtiles; qt++)
+                isa->ukr(hd, bu->qp + (int64_t)qt * mr * hd, bu->kp + (int64_t)pn * hd * nr,
+                         bu->s + (int64_t)qt * mr * bkp + pn * nr, bkp, 0);
+        for (int i = 0; i < nq; i++) lim[i] = (p->causal ? t0 + i + 1 : p->Tk) - s0;
+        if (CM_HAVE_AVX2_CLONES && level >= 1)
+            att_softmax_avx2(bu->s, bkp, nq, nk, lim, p->scale, bu->m, bu->l, bu->oacc, hdp, hdp,
+                             bu->pp, mr);
+        else
+            att_softmax_c(bu->s, bkp, nq, nk, lim, p->scale, bu->m, bu->l, bu->oacc, hdp, hdp,
+                          bu->pp, mr);
+        /* P rows past nq are zero (set once at allocation, never written). */
+        for (int pn = 0; pn < vpan; pn++)
+            for (int qt = 0; qt < qtiles; qt++)
+                isa->ukr(ATT_BK, bu->pp + (int64_t)qt * mr * ATT_BK, bu->vp + (int64_t)pn * ATT_BK * nr,
+                         bu->oacc + (int64_t)qt * mr * hdp + pn * nr, hdp, 1);
+    }
+    for (int i = 0; i < nq; i++) {
+        float *orow = o + b * p->o_bstride + (int64_t)(t0 + i) * p->o_stride + h * hd;
+        const float *a = bu->oacc + (int64_t)i * hdp;
+        float inv = 1.0f / bu->l[i];
+        for (int dd = 0; dd < hd; dd++) orow[dd] = a[dd] * inv;
+    }
 }
 
 void cm_attention(const float *q, const float *k, const float *v, float *o, const cm_attn_params *p)
 {
-#pragma omp parallel for collapse(3) schedule(static)
-    for (int b = 0; b < p->B; b++)
-        for (int h = 0; h < p->heads; h++)
-            for (int t = 0; t < p->Tq; t++) {
-                float s[p->Tk > 0 ? p->Tk : 1];
-                const float *qr = q + b * p->q_bstride + t * p->q_stride + h * p->hd;
-                int n = p->causal ? (t + 1 < p->Tk ? t + 1 : p->Tk) : p->Tk;
-                float mx = -INFINITY;
-                for (int j = 0; j < n; j++) {
-                    const float *kr = k + b * p->k_bstride + j * p->k_stride + h * p->hd;
-                    float acc = 0;
-                    for (int d = 0; d < p->hd; d++) acc += qr[d] * kr[d];
-                    s[j] = acc * p->scale;
-                    if (s[j] > mx) mx = s[j];
-                }
-                float sum = 0;
-                for (int j = 0; j < n; j++) {
-                    s[j] = expf(s[j] - mx);
-                    sum += s[j];
-                }
-                float *orow = o + b * p->o_bstride + t * p->o_stride + h * p->hd;
-                for (int d = 0; d < p->hd; d++) orow[d] = 0;
-                for (int j = 0; j < n; j++) {
-                    const float *vr = v + b * p->v_bstride + j * p->v_stride + h * p->hd;
-                    for (int d = 0; d < p->hd; d++) orow[d] += s[j] * vr[d];
-                }
-                for (int d = 0; d < p->hd; d++) orow[d] /= sum;
+    if (p->B <= 0 || p->heads <= 0 || p->Tq <= 0) return;
+    const cm_isa *isa = cm_isa_current();
+    const int mr = isa->mr, nr = isa->nr, hd = p->hd;
+    const int bqp = (ATT_BQ + mr - 1) / mr * mr;
+    const int hdp = (hd + nr - 1) / nr * nr, bkp = (ATT_BK + nr - 1) / nr * nr;
+    const int hd16 = (hd + 15) / 16 * 16;
+    size_t per = (size_t)bkp * hd16 + (size_t)hdp * ATT_BK + (size_t)bqp * bkp +
+                 (size_t)bqp * hdp + (size_t)bqp * ATT_BK + (size_t)bqp * hd + 2 * (size_t)bqp;
+    per = (per + 15) / 16 * 16;
+    int nt = cm_threads_get();
+    float *work = cm_calloc((size_t)nt * per * sizeof(float), "attention work", NULL);
+    CM_ASSERT(work);
+    int qtn = (p->Tq + ATT_BQ - 1) / ATT_BQ;
+    int64_t ntask = (int64_t)p->B * p->heads * qtn;
+
+#pragma omp parallel num_threads(nt)
+    {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        float *w = work + (size_t)tid * per;
+        att_buf bu;
+        /* Panels read with aligned vector loads start on 64-byte bounds:
+         * every size below is a multiple of 16 floats except hd-sized
+         * ones, which only the (broadcast-read) Q panel has. */
+        bu.kp = w;
+        bu.vp = bu.kp + (size_t)bkp * hd16;
+        bu.s = bu.vp + (size_t)hdp * ATT_BK;
+        bu.oacc = bu.s + (size_t)bqp * bkp;
+        bu.pp = bu.oacc + (size_t)bqp * hdp;
+        bu.qp = bu.pp + (size_t)bqp * ATT_BK;
+        bu.m = bu.qp + (size_t)bqp * hd;
+        bu.l = bu.m + bqp;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t t = 0; t < ntask; t++) {
+            int qt = (int)(t % qtn);
+            int bh = (int)(t / qtn);
+            att_task(q, k, v, o, p, bh / p->heads, bh % p->heads, qt * ATT_BQ, isa, &bu);
+        }
+    }
+    cm_free(work);
+}
+
+/* ------------------------------------------------------------------------
+ * GroupNorm (+ SiLU): statistics per (batch, chunk of GN_CHUNK pixels,
+ * group) in double, combined over chunks in order; mean first, then the
+ * sum of squared deviations (two passes, like the reference); then one
+ * normalise pass y = x * a[c] + s[c] (fused SiLU).
+ * ---------------------------------------------------------------------- */
+
+#define GN_CHUNK 64
+
+CM_INLINE void gn_norm_body(const float *x, float *y, int64_t n, int C, const float *a,
+                            const float *s, int silu)
+{
+    for (int64_t i = 0; i < n; i++) {
+        const float *xr = x + i * C;
+        float *yr = y + i * C;
+        if (silu) {
+#pragma omp simd
+            for (int c = 0; c < C; c++) {
+                float v = xr[c] * a[c] + s[c];
+                yr[c] = v / (1.0f + cm_vexp(-v));
             }
+        } else {
+#pragma omp simd
+            for (int c = 0; c < C; c++) yr[c] = xr[c] * a[c] + s[c];
+        }
+    }
+}
+CM_TARGET_AVX2 static void gn_norm_avx2(const float *x, float *y, int64_t n, int C, const float *a,
+                                        const float *s, int silu)
+{
+    gn_norm_body(x, y, n, C, a, s, silu);
+}
+static void gn_norm_c(const float *x, float *y, int64_t n, int C, const float *a, const float *s,
+                      int silu)
+{
+    gn_norm_body(x, y, n, C, a, s, silu);
 }
 
 void cm_group_norm(const float *x, float *y, int B, int64_t HW, int C, int groups, float eps,
@@ -169,39 +566,82 @@ void cm_group_norm(const float *x, float *y, int B, int64_t HW, int C, int group
 {
     int cg = C / groups;
     CM_ASSERT(cg * groups == C);
-    float *gf = gamma ? to_f32(gamma) : NULL, *bf = beta ? to_f32(beta) : NULL;
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int b = 0; b < B; b++)
-        for (int g = 0; g < groups; g++) {
-            const float *xb = x + (int64_t)b * HW * C + g * cg;
-            double sum = 0, sq = 0;
-            for (int64_t i = 0; i < HW; i++)
-                for (int c = 0; c < cg; c++) sum += xb[i * C + c];
-            double n = (double)HW * cg, mean = sum / n;
-            for (int64_t i = 0; i < HW; i++)
-                for (int c = 0; c < cg; c++) {
-                    double d = xb[i * C + c] - mean;
-                    sq += d * d;
+    int64_t nch = (HW + GN_CHUNK - 1) / GN_CHUNK;
+    int64_t items = (int64_t)B * nch;
+    double *part = cm_alloc((size_t)(items * groups + 1) * sizeof(double), "group norm", NULL);
+    double *mean = cm_alloc((size_t)B * groups * sizeof(double), "group norm", NULL);
+    float *ab = cm_alloc((size_t)B * 2 * C * sizeof(float), "group norm", NULL);
+    float *gf = vec_f32(gamma, C), *bf = vec_f32(beta, C);
+    CM_ASSERT(part && mean && ab);
+    double cnt = (double)HW * cg;
+    const int level = cm_isa_level();
+
+    for (int pass = 0; pass < 2; pass++) {
+#pragma omp parallel for schedule(static)
+        for (int64_t it = 0; it < items; it++) {
+            int64_t b = it / nch, i0 = (it % nch) * GN_CHUNK;
+            int64_t i1 = i0 + GN_CHUNK < HW ? i0 + GN_CHUNK : HW;
+            double *pr = part + it * groups;
+            for (int g = 0; g < groups; g++) {
+                double acc = 0;
+                double mu = pass ? mean[b * groups + g] : 0.0;
+                for (int64_t i = i0; i < i1; i++) {
+                    const float *xr = x + (b * HW + i) * C + g * cg;
+                    double sp = 0;
+                    if (pass == 0)
+                        for (int c = 0; c < cg; c++) sp += xr[c];
+                    else
+                        for (int c = 0; c < cg; c++) {
+                            double d = xr[c] - mu;
+                            sp += d * d;
+                        }
+                    acc += sp;
                 }
-            float rstd = (float)(1.0 / sqrt(sq / n + eps)), fm = (float)mean;
-            float *yb = y + (int64_t)b * HW * C + g * cg;
-            for (int64_t i = 0; i < HW; i++)
-                for (int c = 0; c < cg; c++) {
-                    float v = (xb[i * C + c] - fm) * rstd;
-                    if (gf) v *= gf[g * cg + c];
-                    if (bf) v += bf[g * cg + c];
-                    if (silu) v = v / (1.0f + expf(-v));
-                    yb[i * C + c] = v;
-                }
+                pr[g] = acc;
+            }
         }
+        for (int b = 0; b < B; b++)
+            for (int g = 0; g < groups; g++) {
+                double acc = 0;
+                for (int64_t ch = 0; ch < nch; ch++) acc += part[(b * nch + ch) * groups + g];
+                if (pass == 0)
+                    mean[b * groups + g] = acc / cnt;
+                else {
+                    float rstd = (float)(1.0 / sqrt(acc / cnt + eps));
+                    float fm = (float)mean[b * groups + g];
+                    for (int c = g * cg; c < (g + 1) * cg; c++) {
+                        float ga = gf ? gf[c] : 1.0f, be = bf ? bf[c] : 0.0f;
+                        ab[(int64_t)b * 2 * C + c] = rstd * ga;
+                        ab[(int64_t)b * 2 * C + C + c] = be - fm * rstd * ga;
+                    }
+                }
+            }
+    }
+#pragma omp parallel for schedule(static)
+    for (int64_t it = 0; it < items; it++) {
+        int64_t b = it / nch, i0 = (it % nch) * GN_CHUNK;
+        int64_t n = i0 + GN_CHUNK < HW ? GN_CHUNK : HW - i0;
+        const float *a = ab + b * 2 * C, *s = a + C;
+        if (CM_HAVE_AVX2_CLONES && level >= 1)
+            gn_norm_avx2(x + (b * HW + i0) * C, y + (b * HW + i0) * C, n, C, a, s, silu);
+        else
+            gn_norm_c(x + (b * HW + i0) * C, y + (b * HW + i0) * C, n, C, a, s, silu);
+    }
+    cm_free(part);
+    cm_free(mean);
+    cm_free(ab);
     cm_free(gf);
     cm_free(bf);
 }
 
+/* ------------------------------------------------------------------------
+ * LayerNorm, RMS norm, activations, GEGLU
+ * ---------------------------------------------------------------------- */
+
 void cm_layer_norm(const float *x, float *y, int64_t M, int C, float eps, const cm_wview *gamma,
                    const cm_wview *beta)
 {
-    float *gf = gamma ? to_f32(gamma) : NULL, *bf = beta ? to_f32(beta) : NULL;
+    float *gf = vec_f32(gamma, C), *bf = vec_f32(beta, C);
 #pragma omp parallel for schedule(static)
     for (int64_t m = 0; m < M; m++) {
         const float *xr = x + m * C;
@@ -224,7 +664,7 @@ void cm_layer_norm(const float *x, float *y, int64_t M, int C, float eps, const 
 
 void cm_rms_norm(const float *x, float *y, int64_t M, int C, float eps, const cm_wview *gamma)
 {
-    float *gf = gamma ? to_f32(gamma) : NULL;
+    float *gf = vec_f32(gamma, C);
 #pragma omp parallel for schedule(static)
     for (int64_t m = 0; m < M; m++) {
         const float *xr = x + m * C;
@@ -236,17 +676,45 @@ void cm_rms_norm(const float *x, float *y, int64_t M, int C, float eps, const cm
     cm_free(gf);
 }
 
+CM_INLINE void act_body(float *x, int64_t n, cm_act act)
+{
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++) x[i] = cm_vact(x[i], act);
+}
+CM_TARGET_AVX2 static void act_avx2(float *x, int64_t n, cm_act act) { act_body(x, n, act); }
+static void act_c(float *x, int64_t n, cm_act act) { act_body(x, n, act); }
+
+#define ACT_CHUNK 4096
 void cm_act_inplace(float *x, int64_t n, cm_act act)
 {
     if (act == CM_ACT_NONE) return;
+    const int level = cm_isa_level();
 #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; i++) x[i] = cm_act_scalar(x[i], act);
+    for (int64_t i0 = 0; i0 < n; i0 += ACT_CHUNK) {
+        int64_t m = n - i0 < ACT_CHUNK ? n - i0 : ACT_CHUNK;
+        if (CM_HAVE_AVX2_CLONES && level >= 1)
+            act_avx2(x + i0, m, act);
+        else
+            act_c(x + i0, m, act);
+    }
 }
+
+CM_INLINE void geglu_body(const float *x, float *y, int64_t N)
+{
+#pragma omp simd
+    for (int64_t n = 0; n < N; n++) y[n] = x[n] * cm_vact(x[N + n], CM_ACT_GELU);
+}
+CM_TARGET_AVX2 static void geglu_avx2(const float *x, float *y, int64_t N) { geglu_body(x, y, N); }
+static void geglu_c(const float *x, float *y, int64_t N) { geglu_body(x, y, N); }
 
 void cm_geglu(const float *x, float *y, int64_t M, int64_t N)
 {
+    const int level = cm_isa_level();
 #pragma omp parallel for schedule(static)
-    for (int64_t m = 0; m < M; m++)
-        for (int64_t n = 0; n < N; n++)
-            y[m * N + n] = x[m * 2 * N + n] * cm_act_scalar(x[m * 2 * N + N + n], CM_ACT_GELU);
+    for (int64_t m = 0; m < M; m++) {
+        if (CM_HAVE_AVX2_CLONES && level >= 1)
+            geglu_avx2(x + m * 2 * N, y + m * N, N);
+        else
+            geglu_c(x + m * 2 * N, y + m * N, N);
+    }
 }
