@@ -14,4 +14,3 @@ int cmd_tokenize(int argc, char **argv) { (void)argc; (void)argv; return not_yet
 int cmd_encode(int argc, char **argv) { (void)argc; (void)argv; return not_yet("encode"); }
 int cmd_generate(int argc, char **argv) { (void)argc; return not_yet(argv[0]); }
 int cmd_jobs(int argc, char **argv) { (void)argc; (void)argv; return not_yet("jobs"); }
-int cmd_info(int argc, char **argv) { (void)argc; (void)argv; return not_yet("info"); }
