@@ -267,6 +267,47 @@ START_TEST(test_threads)
 END_TEST
 
 /* ------------------------------------------------------------------------
+ * Batches: row b of a batched call equals the single-row call on row b
+ * ---------------------------------------------------------------------- */
+
+START_TEST(test_batch)
+{
+    wt_model *m = open_model(model_path("sd1-tiny"));
+    vae_model *v = make_vae(m);
+    cm_tensor z = {0};
+    tu_golden("golden/sd1-tiny/vae_decode.safetensors", "z", &z);
+    int h = (int)z.shape[2], w = (int)z.shape[3], L = 4;
+    size_t nz = (size_t)L * h * w, ni = (size_t)3 * h * 8 * w * 8;
+    float *z2 = malloc(2 * nz * sizeof(float)), *img2 = malloc(2 * ni * sizeof(float));
+    float *img1 = malloc(ni * sizeof(float));
+    float *m2 = malloc(4 * nz * sizeof(float)), *m1 = malloc(2 * nz * sizeof(float));
+    for (size_t i = 0; i < nz; i++) {
+        z2[i] = z.data[i];
+        z2[nz + i] = -0.5f * z.data[nz - 1 - i];
+    }
+    cm_error err = {0};
+    ck_assert(vae_decode(v, z2, 2, h, w, img2, &err) == CM_OK);
+    ck_assert(vae_encode(v, img2, 2, h * 8, w * 8, m2, m2 + 2 * nz, &err) == CM_OK);
+    for (int b = 0; b < 2; b++) {
+        ck_assert(vae_decode(v, z2 + b * nz, 1, h, w, img1, &err) == CM_OK);
+        ck_assert_msg(memcmp(img1, img2 + b * ni, ni * sizeof(float)) == 0, "decode row %d", b);
+        ck_assert(vae_encode(v, img1, 1, h * 8, w * 8, m1, m1 + nz, &err) == CM_OK);
+        ck_assert_msg(memcmp(m1, m2 + b * nz, nz * sizeof(float)) == 0, "mean row %d", b);
+        ck_assert_msg(memcmp(m1 + nz, m2 + 2 * nz + b * nz, nz * sizeof(float)) == 0,
+                      "logvar row %d", b);
+    }
+    free(z2);
+    free(img2);
+    free(img1);
+    free(m2);
+    free(m1);
+    cm_tensor_release(&z);
+    vae_free(v);
+    wt_model_close(m);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------
  * Tiled decoding: one tile == untiled exactly; small overlapping tiles
  * stay close (GroupNorm statistics differ per tile, so not exact).
  * ---------------------------------------------------------------------- */
@@ -432,6 +473,7 @@ TCase *tc_vae_kl(void)
     tcase_add_test(tc, test_encode_sd3);
     tcase_add_test(tc, test_moments);
     tcase_add_test(tc, test_threads);
+    tcase_add_test(tc, test_batch);
     tcase_add_test(tc, test_tiled);
     tcase_add_test(tc, test_missing_tensor);
     tcase_add_test(tc, test_attn_2d);
