@@ -10,7 +10,5 @@ static int not_yet(const char *what)
     return EXIT_RUNTIME;
 }
 
-int cmd_tokenize(int argc, char **argv) { (void)argc; (void)argv; return not_yet("tokenize"); }
 int cmd_encode(int argc, char **argv) { (void)argc; (void)argv; return not_yet("encode"); }
-int cmd_generate(int argc, char **argv) { (void)argc; return not_yet(argv[0]); }
 int cmd_jobs(int argc, char **argv) { (void)argc; (void)argv; return not_yet("jobs"); }

@@ -1,4 +1,207 @@
-/* cmd_cli.c — test case cmd_cli (being written). */
+/* cmd_cli.c — whole-program tests of `stipple`: the command-line contract
+ * (exit codes, one-line errors) and end-to-end reproduction of the
+ * reference pipelines (diffusers, goldens in tests/data/golden) from the
+ * real binary: every step's latent via --save-latents and the final PNG.
+ */
 #include "testutil.h"
 
-TCase *tc_cmd_cli(void) { return tu_tcase("cmd_cli"); }
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Exit status and a one-line `stipple: error:` message on stderr. */
+static void expect_error(const char *args, int want_rc, const char *needle)
+{
+    char cmd[8192], *out = NULL, *err = NULL;
+    snprintf(cmd, sizeof cmd, "'%s' %s", tu_stipple(), args);
+    int rc = tu_run(cmd, &out, &err);
+    ck_assert_msg(rc == want_rc, "stipple %s: exit %d, want %d; stderr: %s", args, rc, want_rc,
+                  err ? err : "");
+    ck_assert_msg(err && !strncmp(err, "stipple: error: ", 16), "stipple %s: stderr not an error line: %s",
+                  args, err ? err : "");
+    const char *nl = strchr(err, '\n');
+    ck_assert_msg(nl && nl[1] == 0, "stipple %s: error is not exactly one line: %s", args, err);
+    if (needle) ck_assert_msg(strstr(err, needle), "stipple %s: error lacks \"%s\": %s", args, needle, err);
+    cm_free(out);
+    cm_free(err);
+}
+
+START_TEST(test_usage_errors)
+{
+    expect_error("frobnicate", 2, "unknown command");
+    expect_error("--frob", 2, "unknown option");
+    expect_error("txt2img --frob 1 -p x", 2, "--frob");
+    expect_error("txt2img -p", 2, "needs a value");
+    expect_error("txt2img", 2, "-p PROMPT is required");
+    expect_error("txt2img -p x --steps 0", 2, "--steps");
+    expect_error("txt2img -p x --cfg nan", 2, "--cfg");
+    expect_error("txt2img -p x -W 100", 2, "multiple of 8");
+    expect_error("txt2img -p x -W 0", 2, "--width");
+    expect_error("txt2img -p x -H -64", 2, "--height");
+    expect_error("txt2img -p x --seed 18446744073709551616", 2, "--seed");
+    expect_error("txt2img -p x --seed -2", 2, "--seed");
+    expect_error("txt2img -p x --sampler plms", 2, "plms");
+    expect_error("txt2img -p x --rng gpu", 2, "--rng");
+    expect_error("txt2img -p x -m /nonexistent/model.safetensors", 1, "/nonexistent/model.safetensors");
+}
+END_TEST
+
+START_TEST(test_help_version)
+{
+    char cmd[4096], *out = NULL;
+    snprintf(cmd, sizeof cmd, "'%s' --version", tu_stipple());
+    ck_assert_int_eq(tu_run(cmd, &out, NULL), 0);
+    ck_assert(out && !strncmp(out, "stipple ", 8));
+    cm_free(out);
+    snprintf(cmd, sizeof cmd, "'%s' txt2img --help", tu_stipple());
+    ck_assert_int_eq(tu_run(cmd, &out, NULL), 0);
+    ck_assert(out && strstr(out, "--save-latents"));
+    cm_free(out);
+}
+END_TEST
+
+/* ------------------------------------------------- golden pipeline runs */
+
+typedef struct {
+    const char *golden; /* relative to tests/data */
+    const char *model;
+    int use_init_noise; /* 1: --init-noise from the golden, else --seed */
+} golden_run;
+
+static const golden_run runs[] = {
+    {"golden/sd1-tiny/txt2img.safetensors", "golden/sd1-tiny/model/sd1-tiny_f16.safetensors", 1},
+    {"golden/sd1-tiny/txt2img.safetensors", "golden/sd1-tiny/model/sd1-tiny_f16.safetensors", 0},
+    {"golden/sd1-tiny/txt2img_euler.safetensors", "golden/sd1-tiny/model/sd1-tiny_f16.safetensors", 0},
+    {"golden/sd1-tiny/txt2img_euler_a.safetensors", "golden/sd1-tiny/model/sd1-tiny_f16.safetensors", 0},
+    {"golden/sd1-tiny/txt2img_dpmpp_2m_karras.safetensors", "golden/sd1-tiny/model/sd1-tiny_f16.safetensors", 0},
+    {"golden/sd1-tiny/txt2img_lcm.safetensors", "golden/sd1-tiny/model/sd1-tiny_f16.safetensors", 0},
+    {"golden/sd1-tiny/txt2img_lcm_cfg.safetensors", "golden/sd1-tiny/model/sd1-tiny_f16.safetensors", 0},
+    {"golden/sd1-tiny/txt2img_ddim_eta1.safetensors", "golden/sd1-tiny/model/sd1-tiny_f16.safetensors", 0},
+    {"golden/sd1-tiny/txt2img_ddim_trailing.safetensors", "golden/sd1-tiny/model/sd1-tiny_f16.safetensors", 0},
+    {"golden/sd2-tiny/txt2img.safetensors", "golden/sd2-tiny/model/sd2-tiny_f16.safetensors", 0},
+    {"golden/sd2-tiny/txt2img_euler_v.safetensors", "golden/sd2-tiny/model/sd2-tiny_f16.safetensors", 0},
+    {"golden/sdxl-tiny/txt2img.safetensors", "golden/sdxl-tiny/model/sdxl-tiny_f16.safetensors", 0},
+};
+
+static const char *sampler_of(const char *cls)
+{
+    if (!strcmp(cls, "DDIMScheduler")) return "ddim";
+    if (!strcmp(cls, "EulerDiscreteScheduler")) return "euler";
+    if (!strcmp(cls, "EulerAncestralDiscreteScheduler")) return "euler_a";
+    if (!strcmp(cls, "DPMSolverMultistepScheduler")) return "dpmpp_2m";
+    if (!strcmp(cls, "LCMScheduler")) return "lcm";
+    return "unknown";
+}
+
+/* Shell-quote s into out (single quotes). */
+static void shq(const char *s, char *out, size_t cap)
+{
+    size_t n = 0;
+    out[n++] = '\'';
+    for (; *s && n + 6 < cap; s++) {
+        if (*s == '\'') {
+            memcpy(out + n, "'\\''", 4);
+            n += 4;
+        } else
+            out[n++] = *s;
+    }
+    out[n++] = '\'';
+    out[n] = 0;
+}
+
+START_TEST(test_golden_pipelines)
+{
+    const golden_run *g = &runs[_i];
+    cJSON *meta = tu_golden_meta(g->golden);
+    const cJSON *sch = cJSON_GetObjectItem(meta, "scheduler");
+    const cJSON *conf = cJSON_GetObjectItem(sch, "config");
+    const char *cls = cJSON_GetObjectItem(sch, "class")->valuestring;
+    int steps = cJSON_GetObjectItem(meta, "steps")->valueint;
+    int H = cJSON_GetObjectItem(meta, "height")->valueint, W = cJSON_GetObjectItem(meta, "width")->valueint;
+    double cfg = cJSON_GetObjectItem(meta, "guidance_scale")->valuedouble;
+    const cJSON *eta = cJSON_GetObjectItem(meta, "eta");
+    const cJSON *rngj = cJSON_GetObjectItem(meta, "rng");
+    double seed = cJSON_GetObjectItem(rngj, "seed")->valuedouble;
+    const char *spacing = cJSON_GetStringValue(cJSON_GetObjectItem(conf, "timestep_spacing"));
+    const cJSON *karras = cJSON_GetObjectItem(conf, "use_karras_sigmas");
+    char prompt[2048], negative[2048];
+    shq(cJSON_GetStringValue(cJSON_GetObjectItem(meta, "prompt")), prompt, sizeof prompt);
+    shq(cJSON_GetStringValue(cJSON_GetObjectItem(meta, "negative_prompt")), negative, sizeof negative);
+
+    char dir[4096], noise_opt[4200] = "", cmd[16384];
+    snprintf(dir, sizeof dir, "%s/golden%d", tu_tmpdir(), _i);
+    mkdir(dir, 0755);
+    cm_tensor noise = {0};
+    if (g->use_init_noise) {
+        tu_golden(g->golden, "initial_noise", &noise);
+        char np[4200];
+        snprintf(np, sizeof np, "%s/noise.npy", dir);
+        cm_error err = {0};
+        ck_assert_msg(cm_npy_write(np, &noise, &err) == CM_OK, "%s", err.msg);
+        snprintf(noise_opt, sizeof noise_opt, "--init-noise '%s'", np);
+        cm_tensor_release(&noise);
+    }
+    snprintf(cmd, sizeof cmd,
+             "'%s' txt2img -m '%s' -p %s -n %s -W %d -H %d --steps %d --cfg %.17g --sampler %s "
+             "--schedule %s --eta %.17g --seed %.0f --rng cpu %s --save-latents '%s/lat' -o '%s/out.png' "
+             "--overwrite --quiet --threads 2",
+             tu_stipple(), tu_data(g->model), prompt, negative, W, H, steps, cfg, sampler_of(cls),
+             cJSON_IsTrue(karras) ? "karras" : (spacing ? spacing : "leading"),
+             eta ? eta->valuedouble : 0.0, seed, noise_opt, dir, dir);
+    char *err = NULL;
+    int rc = tu_run(cmd, NULL, &err);
+    ck_assert_msg(rc == 0, "%s\nexit %d: %s", cmd, rc, err ? err : "");
+    cm_free(err);
+
+    /* Every step's latent. */
+    int first = 0;
+    for (int i = first; i < steps; i++) {
+        char name[64], path[4300];
+        snprintf(name, sizeof name, "step%d.latents", i);
+        snprintf(path, sizeof path, "%s/lat/step_%03d.npy", dir, i);
+        cm_tensor want, got;
+        tu_golden(g->golden, name, &want);
+        cm_error e = {0};
+        ck_assert_msg(cm_npy_read(path, &got, &e) == CM_OK, "%s", e.msg);
+        ck_assert_int_eq(cm_tensor_numel(&got), cm_tensor_numel(&want));
+        char what[256];
+        snprintf(what, sizeof what, "%s %s", g->golden, name);
+        TU_ASSERT_CLOSE(what, got.data, want.data, cm_tensor_numel(&want), 1e-4);
+        cm_tensor_release(&want);
+        cm_tensor_release(&got);
+    }
+    /* The final image: within 1/255 everywhere, equal on >= 99.9 %. */
+    cm_tensor ref;
+    tu_golden(g->golden, "image_u8", &ref);
+    char png[4300];
+    snprintf(png, sizeof png, "%s/out.png", dir);
+    cm_image img;
+    cm_error e = {0};
+    ck_assert_msg(cm_image_read(png, &img, &e) == CM_OK, "%s", e.msg);
+    ck_assert_int_eq(img.w, W);
+    ck_assert_int_eq(img.h, H);
+    int64_t n = (int64_t)W * H * 3, same = 0, maxd = 0;
+    for (int64_t k = 0; k < n; k++) {
+        int64_t v = (int64_t)lrintf(img.rgb[k] * 255.0f), d = llabs(v - (int64_t)ref.data[k]);
+        if (d == 0) same++;
+        if (d > maxd) maxd = d;
+    }
+    fprintf(stderr, "%s image: %.4f %% equal, max diff %lld\n", g->golden, 100.0 * same / n, (long long)maxd);
+    ck_assert_msg(maxd <= 1, "image differs by %lld", (long long)maxd);
+    ck_assert_msg(same * 1000 >= n * 999, "only %lld of %lld values equal", (long long)same, (long long)n);
+    cm_image_release(&img);
+    cm_tensor_release(&ref);
+    cJSON_Delete(meta);
+}
+END_TEST
+
+TCase *tc_cmd_cli(void)
+{
+    TCase *tc = tu_tcase("cmd_cli");
+    tcase_add_test(tc, test_help_version);
+    tcase_add_test(tc, test_usage_errors);
+    tcase_add_loop_test(tc, test_golden_pipelines, 0, (int)(sizeof runs / sizeof runs[0]));
+    return tc;
+}

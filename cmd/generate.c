@@ -1,0 +1,318 @@
+/* generate.c — `stipple txt2img` (img2img / inpaint to follow): options,
+ * validation, seeds, the batch loop, PNG output with A1111 metadata,
+ * signals. */
+#include "pipeline.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const char *usage_txt2img =
+    "usage: stipple txt2img -p PROMPT [options]\n"
+    "\n"
+    "  -p, --prompt TEXT       the prompt (A1111 syntax: (word:1.2), [word], BREAK)\n"
+    "  -n, --negative TEXT     the negative prompt\n"
+    "  -m, --model PATH        .safetensors checkpoint or diffusers folder\n"
+    "                          (default: the built-in model)\n"
+    "  -W, --width N           image width in pixels, a multiple of 8 (default: the model's)\n"
+    "  -H, --height N          image height in pixels, a multiple of 8 (default: the model's)\n"
+    "                          sizes that are not multiples are refused, not rounded\n"
+    "      --steps N           sampling steps (default 20)\n"
+    "      --cfg S             classifier-free guidance scale (default 7.5; <= 1: no guidance)\n"
+    "      --sampler NAME      ddim | euler | euler_a | dpmpp_2m | lcm (default dpmpp_2m)\n"
+    "      --schedule NAME     leading | trailing | linspace | karras\n"
+    "                          (default: karras for dpmpp_2m, the model's spacing otherwise)\n"
+    "      --eta E             DDIM eta (default 0)\n"
+    "      --prediction eps|v  override the model's prediction type\n"
+    "      --seed N            0 .. 2^64-1, or -1 for a random seed (default -1)\n"
+    "      --rng cpu|cuda      cpu: torch.randn on a CPU generator (diffusers, ComfyUI);\n"
+    "                          cuda: A1111's Philox stream of the CUDA generator (default cpu)\n"
+    "      --batch-count N     images to make (default 1); image i uses seed + i\n"
+    "      --batch-size N      images per batch (default 1; a batch equals its images made\n"
+    "                          one at a time)\n"
+    "      --clip-skip N       1 = last CLIP layer, 2 = penultimate (default: the model's)\n"
+    "  -o, --output PATH       file or template with {seed} {n} {prompt} {steps} {cfg}\n"
+    "                          {sampler} {width} {height} {model} {date} {index}\n"
+    "                          (default stipple-{seed}.png); never overwrites without\n"
+    "      --overwrite         replace existing files\n"
+    "      --threads N         worker threads (default: all cores); results do not depend on it\n"
+    "      --json              print one JSON object per image on stdout\n"
+    "      --quiet             no progress on stderr\n"
+    "      --init-noise FILE   float32 .npy (B,C,h,w) used instead of the seeded noise\n"
+    "      --save-latents DIR  write DIR/step_NNN.npy after every step and DIR/final.npy\n"
+    "      --precision f32|bf16  compute precision (default f32)\n";
+
+typedef struct {
+    const char *prompt, *negative, *model, *output, *sampler, *schedule, *prediction, *rng;
+    const char *seed, *init_noise, *save_latents, *precision;
+    int width, height, steps, batch_count, batch_size, clip_skip, threads;
+    int overwrite, json, quiet;
+    float cfg, eta;
+    int prompt_seen, w_seen, h_seen;
+} gen_opts;
+
+/* ---------------------------------------------------------------- signals */
+
+static volatile sig_atomic_t g_signal;
+
+static void on_signal(int sig)
+{
+    g_signal = sig;
+    cm_interrupted = 1;
+}
+
+static void install_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+static int interrupted_exit(void)
+{
+    fprintf(stderr, "stipple: interrupted\n");
+    return g_signal == SIGTERM ? EXIT_SIGTERM : EXIT_SIGINT;
+}
+
+/* ------------------------------------------------------------------ seeds */
+
+static int parse_seed(const char *s, uint64_t *seed, int *random)
+{
+    *random = 0;
+    if (!s || !strcmp(s, "-1")) {
+        *random = 1;
+        uint32_t v = 0;
+        int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+        if (fd < 0 || read(fd, &v, sizeof v) != (ssize_t)sizeof v) v = (uint32_t)(cm_time_now() * 1e6);
+        if (fd >= 0) close(fd);
+        *seed = v;
+        return 0;
+    }
+    if (!*s || *s == '-' || *s == '+') return -1;
+    errno = 0;
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (*end || errno) return -1;
+    *seed = v;
+    return 0;
+}
+
+/* ------------------------------------------------------------------- JSON */
+
+static void json_str(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
+        if (*p == '"' || *p == '\\') fprintf(f, "\\%c", *p);
+        else if (*p == '\n') fputs("\\n", f);
+        else if (*p < 0x20) fprintf(f, "\\u%04x", *p);
+        else fputc(*p, f);
+    }
+    fputc('"', f);
+}
+
+/* ------------------------------------------------------------------- main */
+
+int cmd_generate(int argc, char **argv)
+{
+    const char *cmdname = argv[0];
+    if (strcmp(cmdname, "txt2img"))
+        return cmd_usage_error("%s: not implemented yet (txt2img works)", cmdname);
+    gen_opts o = {.steps = 20, .cfg = 7.5f, .batch_count = 1, .batch_size = 1, .threads = 0,
+                  .output = "stipple-{seed}.png", .rng = "cpu", .precision = "f32"};
+    const cmd_opt opts[] = {
+        {"prompt", 'p', OPT_STR, &o.prompt, 0, 0, &o.prompt_seen},
+        {"negative", 'n', OPT_STR, &o.negative, 0, 0, NULL},
+        {"model", 'm', OPT_STR, &o.model, 0, 0, NULL},
+        {"width", 'W', OPT_INT, &o.width, 8, 16384, &o.w_seen},
+        {"height", 'H', OPT_INT, &o.height, 8, 16384, &o.h_seen},
+        {"steps", 0, OPT_INT, &o.steps, 1, 10000, NULL},
+        {"cfg", 0, OPT_FLOAT, &o.cfg, 0, 1000, NULL},
+        {"sampler", 0, OPT_STR, &o.sampler, 0, 0, NULL},
+        {"schedule", 0, OPT_STR, &o.schedule, 0, 0, NULL},
+        {"eta", 0, OPT_FLOAT, &o.eta, 0, 1000, NULL},
+        {"prediction", 0, OPT_STR, &o.prediction, 0, 0, NULL},
+        {"seed", 0, OPT_STR, &o.seed, 0, 0, NULL},
+        {"rng", 0, OPT_STR, &o.rng, 0, 0, NULL},
+        {"batch-count", 0, OPT_INT, &o.batch_count, 1, 1000000, NULL},
+        {"batch-size", 0, OPT_INT, &o.batch_size, 1, 64, NULL},
+        {"clip-skip", 0, OPT_INT, &o.clip_skip, 0, 64, NULL},
+        {"output", 'o', OPT_STR, &o.output, 0, 0, NULL},
+        {"overwrite", 0, OPT_FLAG, &o.overwrite, 0, 0, NULL},
+        {"threads", 0, OPT_INT, &o.threads, 0, 1024, NULL},
+        {"json", 0, OPT_FLAG, &o.json, 0, 0, NULL},
+        {"quiet", 0, OPT_FLAG, &o.quiet, 0, 0, NULL},
+        {"init-noise", 0, OPT_STR, &o.init_noise, 0, 0, NULL},
+        {"save-latents", 0, OPT_STR, &o.save_latents, 0, 0, NULL},
+        {"precision", 0, OPT_STR, &o.precision, 0, 0, NULL},
+        {NULL, 0, 0, NULL, 0, 0, NULL},
+    };
+    char *pos[1];
+    int npos = 0;
+    int r = cmd_parse(argc, argv, opts, usage_txt2img, pos, &npos, 0);
+    if (r < 0) return EXIT_OK;
+    if (r) return r;
+    if (!o.prompt_seen) return cmd_usage_error("%s: -p PROMPT is required", cmdname);
+
+    /* Validate everything that does not need the model first. */
+    cm_error err = {0};
+    cmd_job job = {.prompt = o.prompt, .negative = o.negative ? o.negative : "",
+                   .steps = o.steps, .cfg = o.cfg, .eta = o.eta, .prediction = -1,
+                   .clip_skip = o.clip_skip, .save_latents = o.save_latents, .quiet = o.quiet};
+    const char *sampler = o.sampler ? o.sampler : "dpmpp_2m";
+    if (df_sampler_parse(sampler, &job.sampler, &err)) return cmd_fail(&err);
+    job.spacing = DF_SPACING_DEFAULT;
+    const char *sched = o.schedule ? o.schedule : (job.sampler == DF_SAMPLER_DPMPP_2M ? "karras" : NULL);
+    if (sched) {
+        if (!strcmp(sched, "karras")) {
+            if (job.sampler != DF_SAMPLER_DPMPP_2M && job.sampler != DF_SAMPLER_EULER)
+                return cmd_usage_error("--schedule karras: only for dpmpp_2m and euler");
+            job.karras = 1;
+        } else if (df_spacing_parse(sched, &job.spacing, &err)) {
+            return cmd_usage_error("--schedule: unknown \"%s\" (leading, trailing, linspace, karras)", sched);
+        }
+    }
+    if (o.prediction) {
+        df_prediction p;
+        if (df_prediction_parse(o.prediction, &p, &err))
+            return cmd_usage_error("--prediction: expected eps or v, got \"%s\"", o.prediction);
+        job.prediction = (int)p;
+    }
+    if (!strcmp(o.rng, "cpu")) job.rng = RNG_CPU;
+    else if (!strcmp(o.rng, "cuda")) job.rng = RNG_CUDA;
+    else return cmd_usage_error("--rng: expected cpu or cuda, got \"%s\"", o.rng);
+    uint64_t seed;
+    int seed_random;
+    if (parse_seed(o.seed, &seed, &seed_random))
+        return cmd_usage_error("--seed: expected -1 or an integer in [0, 18446744073709551615], got \"%s\"", o.seed);
+    if (!strcmp(o.precision, "f32")) cm_precision_set(CM_PREC_F32);
+    else if (!strcmp(o.precision, "bf16")) cm_precision_set(CM_PREC_BF16);
+    else return cmd_usage_error("--precision: expected f32 or bf16, got \"%s\"", o.precision);
+    if ((o.w_seen && o.width % 8) || (o.h_seen && o.height % 8))
+        return cmd_usage_error("size %dx%d: width and height must be multiples of 8 (try %dx%d)",
+                               o.width, o.height, (o.width + 4) / 8 * 8, (o.height + 4) / 8 * 8);
+    int total = o.batch_count * o.batch_size;
+    if (total > 1 && !cmd_template_has_fields(o.output))
+        return cmd_usage_error("-o %s: %d images need a template with {n} or {seed} in the name", o.output, total);
+    if (o.save_latents) {
+        struct stat sb;
+        if (stat(o.save_latents, &sb) != 0 && mkdir(o.save_latents, 0755) != 0) {
+            cm_error_set(&err, CM_ERR_IO, "--save-latents %s: cannot create folder: %s", o.save_latents,
+                         strerror(errno));
+            return cmd_fail(&err);
+        }
+    }
+    if (o.threads) cm_threads_set(o.threads);
+    if (!o.quiet) cm_log_set_level(CM_LOG_INFO);
+
+    cm_tensor noise = {0};
+    if (o.init_noise && cm_npy_read(o.init_noise, &noise, &err)) return cmd_fail(&err);
+    if (o.init_noise) job.init_noise = &noise;
+
+    const char *model = o.model ? o.model : cmd_builtin_model_path();
+    if (!model) {
+        cm_tensor_release(&noise);
+        cm_error_set(&err, CM_ERR_IO, "no model given and the built-in model was not found (use -m MODEL)");
+        return cmd_fail(&err);
+    }
+    install_signals();
+    cmd_models cm;
+    if (cmd_models_load(&cm, model, &err)) {
+        cm_tensor_release(&noise);
+        return cm_interrupted ? interrupted_exit() : cmd_fail(&err);
+    }
+    job.width = o.w_seen ? o.width : cm.native_size;
+    job.height = o.h_seen ? o.height : cm.native_size;
+
+    cmd_cond_cache cache = {0};
+    int rc = EXIT_OK;
+    for (int i = 0; i < total; i++) {
+        job.seed = seed + (uint64_t)i;
+        job.noise_row = noise.ndim == 4 && i < noise.shape[0] ? i : 0;
+        cmd_image_info ii = {.prompt = job.prompt, .negative = job.negative, .seed = job.seed,
+                             .n = i, .index = i, .steps = job.steps, .cfg = job.cfg,
+                             .sampler = df_sampler_name(job.sampler),
+                             .sampler_label = df_sampler_a1111_name(job.sampler),
+                             .schedule_label = job.karras ? "Karras" : NULL,
+                             .width = job.width, .height = job.height,
+                             .model = wt_model_stem(cm.m), .model_hash = wt_model_hash(cm.m)};
+        char path[4096];
+        if (cmd_output_path(o.output, &ii, path, sizeof path, &err)) {
+            rc = cmd_fail(&err);
+            break;
+        }
+        if (!o.overwrite && access(path, F_OK) == 0) {
+            cm_error_set(&err, CM_ERR_IO, "%s: already exists (use --overwrite to replace it)", path);
+            rc = cmd_fail(&err);
+            break;
+        }
+        if (seed_random && i == 0) fprintf(stderr, "stipple: seed %llu\n", (unsigned long long)seed);
+        cmd_result res;
+        if (cmd_job_run(&cm, &cache, &job, &res, &err)) {
+            rc = cm_interrupted ? interrupted_exit() : cmd_fail(&err);
+            break;
+        }
+        char *params = cmd_parameters_text(&ii, &err);
+        uint8_t *png = NULL;
+        size_t png_n = 0;
+        cm_png_text txt = {"parameters", params};
+        cm_status st = params ? cm_png_encode(res.rgb, res.width, res.height, &txt, 1, &png, &png_n, &err)
+                              : CM_ERR_NOMEM;
+        if (!st) st = cm_file_write_atomic(path, png, png_n, o.overwrite, &err);
+        cm_free(png);
+        cmd_result_release(&res);
+        if (st) {
+            cm_free(params);
+            rc = cmd_fail(&err);
+            break;
+        }
+        if (o.json) {
+            printf("{\"index\": %d, \"output\": ", i);
+            json_str(stdout, path);
+            printf(", \"seed\": %llu, \"width\": %d, \"height\": %d, \"time\": {\"load\": %.3f, \"encode\": %.3f, \"sample\": %.3f, \"decode\": %.3f}, \"parameters\": ",
+                   (unsigned long long)job.seed, job.width, job.height, i == 0 ? cm.load_seconds : 0.0,
+                   res.t_encode, res.t_sample, res.t_decode);
+            json_str(stdout, params);
+            printf("}\n");
+        } else {
+            printf("%s\n", path);
+        }
+        fflush(stdout);
+        cm_free(params);
+        if (cm_interrupted) {
+            rc = interrupted_exit();
+            break;
+        }
+    }
+    cmd_cond_cache_release(&cache);
+    cmd_models_free(&cm);
+    cm_tensor_release(&noise);
+    return rc;
+}
+
+const char *cmd_builtin_model_path(void)
+{
+    static char path[4096];
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) return NULL;
+    exe[n] = 0;
+    char *slash = strrchr(exe, '/');
+    if (!slash) return NULL;
+    *slash = 0;
+    const char *cands[] = {"%s/../weights/builtin/stipple-builtin.safetensors",
+                           "%s/../../weights/builtin/stipple-builtin.safetensors",
+                           "%s/../share/stipple/stipple-builtin.safetensors"};
+    for (size_t i = 0; i < sizeof cands / sizeof cands[0]; i++) {
+        snprintf(path, sizeof path, cands[i], exe);
+        if (access(path, R_OK) == 0) return path;
+    }
+    return NULL;
+}
