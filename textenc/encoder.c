@@ -39,6 +39,11 @@ struct te_encoder {
     te_clip *enc2;     /* SDXL OpenCLIP-bigG, else NULL */
     int32_t pad1, pad2;
     int default_skip;  /* clip_skip used when the caller passes 0 */
+    /* The last pair encoded: a repeated call (next image of a batch, next
+     * job with the same prompts) is a copy, not a second encoding. */
+    char *last_prompt, *last_negative;
+    int last_skip;
+    te_cond last_cond, last_uncond;
 };
 
 /* ------------------------------------------------------------------------
@@ -122,6 +127,10 @@ void te_encoder_free(te_encoder *e)
     te_clip_free(e->enc1);
     te_clip_free(e->enc2);
     te_tokenizer_free(e->tok);
+    cm_free(e->last_prompt);
+    cm_free(e->last_negative);
+    te_cond_release(&e->last_cond);
+    te_cond_release(&e->last_uncond);
     cm_free(e);
 }
 
@@ -227,15 +236,9 @@ static cm_status copy_cond(te_cond *dst, const te_cond *src, cm_error *err)
     return CM_OK;
 }
 
-cm_status te_encode_pair(te_encoder *e, const char *prompt, const char *negative, int clip_skip,
-                         te_cond *cond, te_cond *uncond, cm_error *err)
+static cm_status encode_pair(te_encoder *e, const char *prompt, const char *negative, int clip_skip,
+                             te_cond *cond, te_cond *uncond, cm_error *err)
 {
-    memset(cond, 0, sizeof *cond);
-    memset(uncond, 0, sizeof *uncond);
-    if (!prompt) prompt = "";
-    if (!negative) negative = "";
-    if (clip_skip < 0)
-        return cm_error_set(err, CM_ERR_USAGE, "--clip-skip %d: expected >= 1 (or 0 for the model's default)", clip_skip);
 
     const int zero_uncond = e->family == WT_FAMILY_SDXL && negative[0] == 0;
     const int same = !zero_uncond && !strcmp(prompt, negative);
@@ -346,4 +349,55 @@ done:
     te_chunks_release(&n1);
     te_chunks_release(&n2);
     return st;
+}
+
+static char *dup_str(const char *s, cm_error *err)
+{
+    size_t n = strlen(s) + 1;
+    char *d = cm_alloc(n, "prompt copy", err);
+    if (d) memcpy(d, s, n);
+    return d;
+}
+
+cm_status te_encode_pair(te_encoder *e, const char *prompt, const char *negative, int clip_skip,
+                         te_cond *cond, te_cond *uncond, cm_error *err)
+{
+    memset(cond, 0, sizeof *cond);
+    memset(uncond, 0, sizeof *uncond);
+    if (!prompt) prompt = "";
+    if (!negative) negative = "";
+    if (clip_skip < 0)
+        return cm_error_set(err, CM_ERR_USAGE, "--clip-skip %d: expected >= 1 (or 0 for the model's default)", clip_skip);
+
+    cm_status st;
+    if (e->last_prompt && e->last_skip == clip_skip && !strcmp(e->last_prompt, prompt) &&
+        !strcmp(e->last_negative, negative)) {
+        st = copy_cond(cond, &e->last_cond, err);
+        if (st == CM_OK) st = copy_cond(uncond, &e->last_uncond, err);
+        if (st != CM_OK) {
+            te_cond_release(cond);
+            te_cond_release(uncond);
+        }
+        return st;
+    }
+    st = encode_pair(e, prompt, negative, clip_skip, cond, uncond, err);
+    if (st != CM_OK) return st;
+
+    /* Remember this pair; failing to is not an error. */
+    cm_free(e->last_prompt);
+    cm_free(e->last_negative);
+    te_cond_release(&e->last_cond);
+    te_cond_release(&e->last_uncond);
+    e->last_prompt = dup_str(prompt, NULL);
+    e->last_negative = dup_str(negative, NULL);
+    e->last_skip = clip_skip;
+    if (!e->last_prompt || !e->last_negative || copy_cond(&e->last_cond, cond, NULL) != CM_OK ||
+        copy_cond(&e->last_uncond, uncond, NULL) != CM_OK) {
+        cm_free(e->last_prompt);
+        cm_free(e->last_negative);
+        e->last_prompt = e->last_negative = NULL;
+        te_cond_release(&e->last_cond);
+        te_cond_release(&e->last_uncond);
+    }
+    return CM_OK;
 }
