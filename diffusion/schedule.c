@@ -117,6 +117,9 @@ cm_status df_schedule_init(df_schedule *s, const cJSON *cfg, cm_error *err)
     s->steps_offset = wt_cfg_int(cfg, "steps_offset", 1);
     s->original_inference_steps = wt_cfg_int(cfg, "original_inference_steps", 50);
     s->timestep_scaling = (float)wt_cfg_num(cfg, "timestep_scaling", 10.0);
+    if (!cJSON_GetObjectItemCaseSensitive(cfg, "original_inference_steps") &&
+        s->original_inference_steps > n)
+        s->original_inference_steps = n;
     if (s->steps_offset < 0 || s->steps_offset >= n || s->original_inference_steps < 1 ||
         s->original_inference_steps > n)
         return cm_error_set(err, CM_ERR_FORMAT,

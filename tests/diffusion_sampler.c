@@ -323,9 +323,224 @@ START_TEST(sampler_golden_img2img)
 }
 END_TEST
 
+/* ------------------------------------------------------------------------
+ * Spacings cross-checked against the timestep lists of other goldens
+ * ---------------------------------------------------------------------- */
+
+static void check_timesteps(df_sampler_kind kind, df_spacing sp, const char *rel)
+{
+    cm_error err = {0};
+    df_schedule sc;
+    ck_assert(df_schedule_init(&sc, NULL, &err) == CM_OK);
+    cm_tensor ts;
+    tu_golden(rel, "timesteps", &ts);
+    int steps = (int)cm_tensor_numel(&ts);
+    df_sampler_opts o = {sp, 0, 0.0f};
+    df_sampler *s = df_sampler_create(kind, &sc, steps, &o, 4, &err);
+    ck_assert_msg(s != NULL, "%s", err.msg);
+    for (int k = 0; k < steps; k++)
+        ck_assert_msg(df_sampler_timestep(s, k) == ts.data[k], "%s spacing %d vs %s: t[%d] %g vs %g",
+                      df_sampler_name(kind), (int)sp, rel, k, (double)df_sampler_timestep(s, k),
+                      (double)ts.data[k]);
+    cm_tensor_release(&ts);
+    df_sampler_free(s);
+    df_schedule_release(&sc);
+}
+
+START_TEST(sampler_spacings)
+{
+    /* DDIM linspace = the linspace list of euler_v; DPM++ trailing = DDIM
+     * trailing; Euler trailing = euler_a's list; LCM = lcm_cfg's list. */
+    check_timesteps(DF_SAMPLER_DDIM, DF_SPACING_LINSPACE, "golden/sd2-tiny/txt2img_euler_v.safetensors");
+    check_timesteps(DF_SAMPLER_DPMPP_2M, DF_SPACING_TRAILING,
+                    "golden/sd1-tiny/txt2img_ddim_trailing.safetensors");
+    check_timesteps(DF_SAMPLER_EULER, DF_SPACING_TRAILING, "golden/sd1-tiny/txt2img_euler_a.safetensors");
+    check_timesteps(DF_SAMPLER_EULER_A, DF_SPACING_LEADING, "golden/sd1-tiny/txt2img_euler.safetensors");
+    check_timesteps(DF_SAMPLER_DDIM, DF_SPACING_TRAILING, "golden/sd1-tiny/txt2img_euler_a.safetensors");
+    check_timesteps(DF_SAMPLER_LCM, DF_SPACING_DEFAULT, "golden/sd1-tiny/txt2img_lcm_cfg.safetensors");
+}
+END_TEST
+
+/* ------------------------------------------------------------------------
+ * Limits: bad configs and arguments, every allocation failing, odd step
+ * counts for every sampler and spacing
+ * ---------------------------------------------------------------------- */
+
+static cm_status schedule_from(const char *json, df_schedule *sc, cm_error *err)
+{
+    cJSON *cfg = cJSON_Parse(json);
+    ck_assert(cfg != NULL);
+    cm_status st = df_schedule_init(sc, cfg, err);
+    cJSON_Delete(cfg);
+    return st;
+}
+
+static void zero_noise(void *ctx, float *out, int64_t n)
+{
+    (*(int *)ctx)++;
+    memset(out, 0, (size_t)n * sizeof(float));
+}
+
+START_TEST(sampler_limits)
+{
+    cm_error err = {0};
+    df_schedule sc;
+    ck_assert_int_eq(schedule_from("{\"beta_schedule\": \"squaredcos_cap_v2\"}", &sc, &err),
+                     CM_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(err.msg, "squaredcos_cap_v2"));
+    ck_assert_int_eq(schedule_from("{\"num_train_timesteps\": 1}", &sc, &err), CM_ERR_FORMAT);
+    ck_assert_int_eq(schedule_from("{\"num_train_timesteps\": 3, \"trained_betas\": [0.1, 0.2]}",
+                                   &sc, &err),
+                     CM_ERR_FORMAT);
+    ck_assert_int_eq(schedule_from("{\"prediction_type\": \"sample\"}", &sc, &err), CM_ERR_USAGE);
+    ck_assert_int_eq(schedule_from("{\"timestep_spacing\": \"sideways\"}", &sc, &err), CM_ERR_USAGE);
+    ck_assert_int_eq(schedule_from("{\"beta_start\": 2, \"beta_end\": 3}", &sc, &err),
+                     CM_ERR_FORMAT);
+    ck_assert_int_eq(schedule_from("{\"rescale_betas_zero_snr\": true}", &sc, &err),
+                     CM_ERR_UNSUPPORTED);
+    /* trained betas and the linear schedule are accepted */
+    ck_assert_int_eq(schedule_from("{\"num_train_timesteps\": 3, \"trained_betas\": [0.1, 0.2, "
+                                   "0.3], \"set_alpha_to_one\": true}",
+                                   &sc, &err),
+                     CM_OK);
+    ck_assert(fabsf(sc.alphas_cumprod[2] - 0.504f) < 1e-6f);
+    ck_assert(sc.final_alpha_cumprod == 1.0f);
+    df_schedule_release(&sc);
+    df_schedule_release(NULL);
+    ck_assert_int_eq(schedule_from("{\"beta_schedule\": \"linear\", \"beta_start\": 0.0001, "
+                                   "\"beta_end\": 0.02}",
+                                   &sc, &err),
+                     CM_OK);
+    df_schedule_release(&sc);
+
+    /* names */
+    df_sampler_kind k;
+    for (int i = 0; i <= DF_SAMPLER_LCM; i++) {
+        ck_assert_int_eq(df_sampler_parse(df_sampler_name((df_sampler_kind)i), &k, &err), CM_OK);
+        ck_assert_int_eq(k, i);
+    }
+    ck_assert_int_eq(df_sampler_parse("DPMSolverMultistepScheduler", &k, &err), CM_OK);
+    ck_assert_int_eq(k, DF_SAMPLER_DPMPP_2M);
+    ck_assert_int_eq(df_sampler_parse("heun", &k, &err), CM_ERR_USAGE);
+    ck_assert_int_eq(df_sampler_parse(NULL, &k, &err), CM_ERR_USAGE);
+    ck_assert_str_eq(df_sampler_a1111_name(DF_SAMPLER_EULER_A), "Euler a");
+
+    /* strength -> first step (the reference's get_timesteps) */
+    ck_assert_int_eq(df_sampler_start_index(10, 0.6), 4);
+    ck_assert_int_eq(df_sampler_start_index(10, 0.75), 3);
+    ck_assert_int_eq(df_sampler_start_index(10, 1.0), 0);
+    ck_assert_int_eq(df_sampler_start_index(10, 7.0), 0);
+    ck_assert_int_eq(df_sampler_start_index(10, 0.0), 10);
+    ck_assert_int_eq(df_sampler_start_index(10, -1.0), 10);
+    ck_assert_int_eq(df_sampler_start_index(10, NAN), 10);
+    ck_assert_int_eq(df_sampler_start_index(0, 0.5), 0);
+
+    /* bad sampler arguments */
+    ck_assert(df_schedule_init(&sc, NULL, &err) == CM_OK);
+    df_sampler_opts karras = {DF_SPACING_DEFAULT, 1, 0.0f}, eta = {DF_SPACING_DEFAULT, 0, 1.0f};
+    df_sampler_opts neg = {DF_SPACING_DEFAULT, 0, -1.0f};
+    ck_assert_ptr_null(df_sampler_create(DF_SAMPLER_DDIM, &sc, 0, NULL, 4, &err));
+    ck_assert_int_eq(err.status, CM_ERR_USAGE);
+    ck_assert_ptr_null(df_sampler_create(DF_SAMPLER_DDIM, &sc, 1001, NULL, 4, &err));
+    ck_assert_ptr_null(df_sampler_create(DF_SAMPLER_DDIM, &sc, 1000, NULL, 4, &err)); /* t = 1000 */
+    ck_assert_ptr_null(df_sampler_create(DF_SAMPLER_DDIM, &sc, 10, NULL, 0, &err));
+    ck_assert_ptr_null(df_sampler_create(DF_SAMPLER_DDIM, &sc, 10, &karras, 4, &err));
+    ck_assert_int_eq(err.status, CM_ERR_UNSUPPORTED);
+    ck_assert_ptr_null(df_sampler_create(DF_SAMPLER_EULER, &sc, 10, &eta, 4, &err));
+    ck_assert_ptr_null(df_sampler_create(DF_SAMPLER_DDIM, &sc, 10, &neg, 4, &err));
+    ck_assert_ptr_null(df_sampler_create(DF_SAMPLER_LCM, &sc, 51, NULL, 4, &err));
+    ck_assert_ptr_null(df_sampler_create((df_sampler_kind)42, &sc, 10, NULL, 4, &err));
+    ck_assert_ptr_null(df_sampler_create(DF_SAMPLER_DDIM, NULL, 10, NULL, 4, &err));
+
+    /* steps in order; a needed draw without a noise source is an error */
+    float x[4] = {1, 2, 3, 4}, mo[4] = {0.1f, 0.2f, 0.3f, 0.4f};
+    df_sampler *s = df_sampler_create(DF_SAMPLER_EULER_A, &sc, 5, NULL, 4, &err);
+    ck_assert_ptr_nonnull(s);
+    ck_assert_int_eq(df_sampler_step(s, 0, mo, x, NULL, NULL, &err), CM_ERR_USAGE);
+    int draws = 0;
+    ck_assert_int_eq(df_sampler_step(s, 0, mo, x, zero_noise, &draws, &err), CM_OK);
+    ck_assert_int_eq(df_sampler_step(s, 0, mo, x, zero_noise, &draws, &err), CM_ERR_USAGE);
+    ck_assert_int_eq(df_sampler_step(s, 2, mo, x, zero_noise, &draws, &err), CM_ERR_USAGE);
+    ck_assert_int_eq(df_sampler_step(s, 7, mo, x, zero_noise, &draws, &err), CM_ERR_USAGE);
+    ck_assert_int_eq(draws, 1);
+    df_sampler_free(s);
+    df_sampler_free(NULL);
+    /* Euler's unused draw is skipped without a noise source */
+    s = df_sampler_create(DF_SAMPLER_EULER, &sc, 5, NULL, 4, &err);
+    ck_assert_int_eq(df_sampler_step(s, 0, mo, x, NULL, NULL, &err), CM_OK);
+    df_sampler_free(s);
+
+    /* every allocation failing in turn */
+    for (long n = 1; n < 20; n++) {
+        df_schedule s2;
+        cm_alloc_fail_at(n);
+        cm_status st = df_schedule_init(&s2, NULL, &err);
+        df_sampler *q = NULL;
+        if (st == CM_OK) q = df_sampler_create(DF_SAMPLER_DPMPP_2M, &s2, 10, &karras, 4, &err);
+        cm_alloc_fail_at(0);
+        if (st != CM_OK) ck_assert_int_eq(st, CM_ERR_NOMEM);
+        else if (!q) ck_assert_int_eq(err.status, CM_ERR_NOMEM);
+        df_sampler_free(q);
+        if (st == CM_OK) df_schedule_release(&s2);
+    }
+    df_schedule_release(&sc);
+}
+END_TEST
+
+/* Every sampler, spacing and step count from 1 to 60 builds an in-range,
+ * non-increasing schedule and runs to a finite result. */
+START_TEST(sampler_all_steps)
+{
+    cm_error err = {0};
+    df_schedule sc[2];
+    ck_assert(df_schedule_init(&sc[0], NULL, &err) == CM_OK);
+    ck_assert(schedule_from("{\"prediction_type\": \"v_prediction\"}", &sc[1], &err) == CM_OK);
+    const df_spacing sps[] = {DF_SPACING_LEADING, DF_SPACING_TRAILING, DF_SPACING_LINSPACE};
+    float x[8], mo[8], xi[8];
+    for (int p = 0; p < 2; p++)
+        for (int kind = 0; kind <= DF_SAMPLER_LCM; kind++)
+            for (int si = 0; si < 3; si++)
+                for (int karras = 0; karras < 2; karras++)
+                    for (int steps = 1; steps <= 60; steps++) {
+                        if (karras && kind != DF_SAMPLER_EULER && kind != DF_SAMPLER_DPMPP_2M)
+                            continue;
+                        if (kind == DF_SAMPLER_LCM && steps > 50) continue;
+                        df_sampler_opts o = {sps[si], karras, kind == DF_SAMPLER_DDIM ? 0.5f : 0};
+                        df_sampler *s =
+                            df_sampler_create((df_sampler_kind)kind, &sc[p], steps, &o, 8, &err);
+                        ck_assert_msg(s != NULL, "%s", err.msg);
+                        for (int i = 0; i < steps; i++) {
+                            float t = df_sampler_timestep(s, i);
+                            ck_assert(t >= 0 && t <= 999);
+                            if (i) ck_assert(t <= df_sampler_timestep(s, i - 1));
+                        }
+                        for (int e = 0; e < 8; e++) x[e] = (float)e - 3.5f;
+                        const float ns = df_sampler_init_noise_sigma(s);
+                        for (int e = 0; e < 8; e++) x[e] *= ns;
+                        int draws = 0;
+                        for (int i = 0; i < steps; i++) {
+                            df_sampler_model_input(s, i, x, xi);
+                            for (int e = 0; e < 8; e++) mo[e] = 0.5f * xi[e];
+                            ck_assert(df_sampler_step(s, i, mo, x, zero_noise, &draws, &err) ==
+                                      CM_OK);
+                        }
+                        for (int e = 0; e < 8; e++)
+                            ck_assert_msg(isfinite(x[e]), "%s spacing %d karras %d steps %d: x=%g",
+                                          df_sampler_name((df_sampler_kind)kind), si, karras,
+                                          steps, (double)x[e]);
+                        df_sampler_free(s);
+                    }
+    df_schedule_release(&sc[0]);
+    df_schedule_release(&sc[1]);
+}
+END_TEST
+
 TCase *tc_diffusion_sampler(void)
 {
     TCase *tc = tu_tcase("diffusion_sampler");
+    tcase_add_test(tc, sampler_spacings);
+    tcase_add_test(tc, sampler_limits);
+    tcase_add_test(tc, sampler_all_steps);
     tcase_add_loop_test(tc, sampler_golden_sd1, 0, 8);
     tcase_add_loop_test(tc, sampler_golden_sd2, 0, 2);
     tcase_add_loop_test(tc, sampler_golden_img2img, 0, 4);
