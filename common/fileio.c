@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -106,8 +107,12 @@ cm_status cm_file_write_atomic(const char *path, const void *data, size_t n, int
     if (overwrite) {
         r = rename(tmp, path);
     } else {
-        r = link(tmp, path); /* fails with EEXIST instead of replacing */
-        if (r == 0) unlink(tmp);
+        /* never replaces: fails with EEXIST if the target appeared meanwhile */
+        r = renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_NOREPLACE);
+        if (r != 0 && (errno == EINVAL || errno == ENOSYS)) { /* fs without it: link */
+            r = link(tmp, path);
+            if (r == 0) unlink(tmp);
+        }
     }
     if (r != 0) {
         int e = errno;
@@ -118,5 +123,18 @@ cm_status cm_file_write_atomic(const char *path, const void *data, size_t n, int
         return cm_error_set(err, CM_ERR_IO, "%s: cannot write: %s", path, strerror(e));
     }
     cm_free(tmp);
+    /* make the new directory entry durable too (best effort) */
+    char *dir = cm_alloc(dirlen + 2, "folder name", NULL);
+    if (dir) {
+        if (dirlen) memcpy(dir, path, dirlen);
+        else dir[dirlen++] = '.';
+        dir[dirlen] = 0;
+        int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd >= 0) {
+            fsync(dfd);
+            close(dfd);
+        }
+        cm_free(dir);
+    }
     return CM_OK;
 }

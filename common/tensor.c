@@ -141,7 +141,10 @@ cm_status cm_tensor_alloc(cm_tensor *t, int ndim, const int64_t *shape, cm_error
     CM_ASSERT(ndim >= 0 && ndim <= CM_MAX_DIMS);
     size_t n = 1;
     for (int i = 0; i < ndim; i++) {
-        if (shape[i] < 0 || !cm_mul_size(n, (size_t)shape[i], &n))
+        if (shape[i] < 0)
+            return cm_error_set(err, CM_ERR_USAGE, "tensor dim %d is negative (%lld)", i,
+                                (long long)shape[i]);
+        if (!cm_mul_size(n, (size_t)shape[i], &n))
             return cm_error_set(err, CM_ERR_NOMEM, "tensor shape too large");
         t->shape[i] = shape[i];
     }
