@@ -96,9 +96,9 @@ static cm_status get_conv(const wt_model *m, vae_param *p, int oc, int ic, int k
 {
     int64_t ws[4] = {oc, ic, k, k}, bs[1] = {oc};
     p->weight = wt_model_requiref(m, err, 4, ws, VAE_PREFIX "%s.weight", name);
-    if (!p->weight) return err ? err->status : CM_ERR_FORMAT;
+    if (!p->weight) return err->status;
     p->bias = wt_model_requiref(m, err, 1, bs, VAE_PREFIX "%s.bias", name);
-    if (!p->bias) return err ? err->status : CM_ERR_FORMAT;
+    if (!p->bias) return err->status;
     return CM_OK;
 }
 
@@ -480,9 +480,8 @@ static cm_status work_alloc(vae_work *w, int64_t floats, int groups, const char 
 {
     memset(w, 0, sizeof *w);
     w->groups = groups;
-    size_t bytes = plan_bytes(floats) / 3;
-    if (bytes == 0)
-        return cm_error_set(err, CM_ERR_USAGE, "%s: image size too large", what);
+    size_t bytes = plan_bytes(floats) / 3; /* one of the three buffers */
+    if (bytes == 0) return cm_error_set(err, CM_ERR_USAGE, "%s: image size too large", what);
     for (int i = 0; i < 3; i++) {
         w->buf[i] = cm_alloc(bytes, what, err);
         if (!w->buf[i]) return err->status;
