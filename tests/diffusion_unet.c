@@ -10,6 +10,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define TOL 1e-4
 
@@ -104,10 +105,10 @@ static df_unet_input gold_input(const unet_gold *g, const cm_tensor *t)
     return in;
 }
 
-static void run_golden(const char *cfg, int sdxl)
+static void run_golden_model(const char *cfg, const char *path, int sdxl)
 {
     cm_error err = {0};
-    wt_model *m = wt_model_open(model_path(cfg), &err);
+    wt_model *m = wt_model_open(path, &err);
     ck_assert_msg(m != NULL, "%s", err.msg);
     df_unet *u = df_unet_create(m, &err);
     ck_assert_msg(u != NULL, "%s", err.msg);
@@ -154,7 +155,22 @@ static void run_golden(const char *cfg, int sdxl)
     wt_model_close(m);
 }
 
+static void run_golden(const char *cfg, int sdxl) { run_golden_model(cfg, model_path(cfg), sdxl); }
+
 START_TEST(unet_sd1_golden) { run_golden("sd1-tiny", 0); }
+END_TEST
+
+/* The same weights as a diffusers folder (names mapped by weights/). */
+START_TEST(unet_sd1_diffusers_golden)
+{
+    const char *dir = tu_data("golden/sd1-tiny/model/diffusers");
+    struct stat sb;
+    if (stat(dir, &sb) != 0) {
+        fprintf(stderr, "skip: %s is not in tests/data\n", dir);
+        return;
+    }
+    run_golden_model("sd1-tiny", dir, 0);
+}
 END_TEST
 
 START_TEST(unet_sd2_golden) { run_golden("sd2-tiny", 0); }
@@ -414,6 +430,31 @@ START_TEST(unet_alloc_failure)
         df_unet_free(u);
     }
     ck_assert(ok);
+
+    /* the first forward allocates its buffers, the K/V cache and the
+     * context copy, in that order, before any kernel runs */
+    unet_gold g;
+    gold_load("golden/sd1-tiny/unet.safetensors", 0, &g);
+    int64_t n = cm_tensor_numel(&g.out_a);
+    float *out = malloc((size_t)n * sizeof(float));
+    ck_assert(out);
+    df_unet_input in = gold_input(&g, &g.ta);
+    for (long k = 1; k <= 3; k++) {
+        df_unet *uk = df_unet_create(m, &err);
+        ck_assert_msg(uk != NULL, "%s", err.msg);
+        cm_alloc_fail_at(k);
+        cm_status st = df_unet_forward(uk, &in, out, &err);
+        cm_alloc_fail_at(0);
+        ck_assert_int_eq(st, CM_ERR_NOMEM);
+        df_unet_free(uk);
+    }
+    df_unet *u = df_unet_create(m, &err);
+    ck_assert_msg(u != NULL, "%s", err.msg);
+    ck_assert_msg(df_unet_forward(u, &in, out, &err) == CM_OK, "%s", err.msg);
+    TU_ASSERT_CLOSE("sd1 out_a after allocation failures", out, g.out_a.data, n, TOL);
+    free(out);
+    gold_release(&g);
+    df_unet_free(u);
     wt_model_close(m);
 }
 END_TEST
@@ -422,6 +463,7 @@ TCase *tc_diffusion_unet(void)
 {
     TCase *tc = tu_tcase("diffusion_unet");
     tcase_add_test(tc, unet_sd1_golden);
+    tcase_add_test(tc, unet_sd1_diffusers_golden);
     tcase_add_test(tc, unet_sd2_golden);
     tcase_add_test(tc, unet_sdxl_golden);
     tcase_add_test(tc, unet_inpaint9_golden);
