@@ -208,6 +208,17 @@ int df_sampler_start_index(int steps, double strength);
 void df_sampler_add_noise(const df_sampler *s, int i, const float *x0, const float *noise,
                           float *out);
 
+/* Classifier-free guidance. The reference batches the UNet call as rows
+ * [uncond (negative prompt) x B, cond x B] (torch.cat([neg, pos])), so the
+ * output's first half is uncond and the second cond, n values each:
+ *   guided = uncond + scale * (cond - uncond)      (float32, this op order)
+ * guided may equal uncond or cond. df_cfg_enabled(scale) is diffusers'
+ * do_classifier_free_guidance (scale > 1): otherwise the pipeline runs the
+ * conditional rows only and their output is the model output. */
+int df_cfg_enabled(float scale);
+void df_cfg_combine(const float *uncond, const float *cond, int64_t n, float scale,
+                    float *guided);
+
 /* Legacy 4-channel inpainting, after df_sampler_step(s, i, ...):
  *   x = (1 - mask) * add_noise(image_latents, noise, i + 1) + mask * x
  * (image_latents itself after the last step). mask (h*w, 1 = repaint) is

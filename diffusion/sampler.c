@@ -1,6 +1,8 @@
 /* diffusion/sampler.c — samplers: DDIM (eta), Euler, Euler ancestral,
  * DPM++ 2M (optionally Karras sigmas), LCM; epsilon and v-prediction.
  *
+ * Also classifier-free guidance (the pipelines' noise_pred mix).
+ *
  * Mirrors diffusers 0.30.3: DDIMScheduler, EulerDiscreteScheduler,
  * EulerAncestralDiscreteScheduler, DPMSolverMultistepScheduler
  * (algorithm_type dpmsolver++, solver_order 2, solver_type midpoint,
@@ -568,6 +570,19 @@ cm_status df_sampler_step(df_sampler *s, int i, const float *model_out, float *x
     }
     if (st == CM_OK) s->last = i;
     return st;
+}
+
+/* ------------------------------------------------------------------------
+ * Guidance
+ * ---------------------------------------------------------------------- */
+
+int df_cfg_enabled(float scale) { return scale > 1.0f; }
+
+void df_cfg_combine(const float *uncond, const float *cond, int64_t n, float scale,
+                    float *guided)
+{
+    /* noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond) */
+    for (int64_t e = 0; e < n; e++) guided[e] = uncond[e] + scale * (cond[e] - uncond[e]);
 }
 
 /* ------------------------------------------------------------------------

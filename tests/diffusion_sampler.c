@@ -223,27 +223,29 @@ static void replay(const char *rel)
                           (double)ut[0], (double)df_sampler_timestep(s, i));
             free(ut);
         }
+        /* the model output: the pipeline's guidance over the recorded
+         * UNet rows, checked bit for bit against step{k}.guided */
+        if (df_cfg_enabled(g)) {
+            snprintf(name, sizeof name, "step%d.out_uncond", k);
+            float *u = need(f, name, n);
+            snprintf(name, sizeof name, "step%d.out_cond", k);
+            float *c = need(f, name, n);
+            df_cfg_combine(u, c, n, g, guided);
+            free(u);
+            free(c);
+        } else {
+            snprintf(name, sizeof name, "step%d.out", k);
+            float *o = need(f, name, n);
+            memcpy(guided, o, (size_t)n * sizeof(float));
+            free(o);
+        }
         snprintf(name, sizeof name, "step%d.guided", k);
         float *gd = get(f, name, NULL);
         if (gd) {
-            memcpy(guided, gd, (size_t)n * sizeof(float));
-        } else {
-            snprintf(name, sizeof name, "step%d.out", k);
-            float *o = get(f, name, NULL);
-            if (o) {
-                memcpy(guided, o, (size_t)n * sizeof(float));
-            } else { /* guided = uncond + g * (cond - uncond), float32 */
-                snprintf(name, sizeof name, "step%d.out_uncond", k);
-                float *u = need(f, name, n);
-                snprintf(name, sizeof name, "step%d.out_cond", k);
-                float *c = need(f, name, n);
-                for (int64_t e = 0; e < n; e++) guided[e] = u[e] + g * (c[e] - u[e]);
-                free(u);
-                free(c);
-            }
-            free(o);
+            ck_assert_msg(!memcmp(gd, guided, (size_t)n * sizeof(float)),
+                          "%s: %s differs from the guidance mix", rel, name);
+            free(gd);
         }
-        free(gd);
         ck_assert_msg(df_sampler_step(s, i, guided, x, golden_noise, &nc, &err) == CM_OK, "%s",
                       err.msg);
         /* every recorded draw of this step was taken, and only once */
