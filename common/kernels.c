@@ -324,47 +324,53 @@ void cm_upsample2x_conv3x3(const float *x, int B, int H, int W, int C, const cm_
 /* ------------------------------------------------------------------------
  * Flash attention.
  *
- * One task = (batch, head, tile of ATT_BQ query rows); keys in blocks of
- * ATT_BK. Per block: S = Q K^T (GEMM microkernel on packed Q and K^T
- * panels), online softmax (running max m, running sum l, rescale of the
- * output accumulator), O += P V (microkernel on packed P and V panels).
- * The block sizes are constants, so the result does not depend on the
- * thread count.
+ * Phase 1 packs K^T and V of every (batch, head, block of ATT_BK keys) into
+ * microkernel panels once per call (shared by all query tiles). Phase 2:
+ * one task = (batch, head, tile of ATT_BQ query rows). Per key block:
+ * S = (scale Q) K^T (microkernel), online softmax (running max m, running
+ * sum l, rescale of the output accumulator), O += P V (microkernel). The
+ * block sizes are constants, so the result does not depend on the thread
+ * count.
  * ---------------------------------------------------------------------- */
 
 #define ATT_BQ 48 /* a multiple of every MR */
 #define ATT_BK 128
 
 typedef struct {
-    float *qp, *kp, *s, *pp, *vp, *oacc, *m, *l;
+    float *qp, *s, *pp, *oacc, *m, *l;
 } att_buf;
 
-/* Online-softmax step for one key block: S (nq x ldS), nk valid keys,
- * query row i may see keys < lim[i]. Writes P into packed A panels. */
-CM_INLINE void att_softmax_body(float *s, int64_t lds, int nq, int nk, const int *lim, float scale,
-                                float *m, float *l, float *oacc, int64_t ldo, int hdp, float *pp,
-                                int mr)
+/* Online-softmax step for one key block: S (nq x lds, already scaled), nk
+ * keys in the block, query row i may see keys < lim[i]. Writes P into the
+ * MR-row panel layout pp[tile][k][r]. Max and sum use 8 fixed partial
+ * lanes so they vectorise without reassociation. */
+CM_INLINE void att_softmax_body(float *s, int64_t lds, int nq, int nk, const int *lim, float *m,
+                                float *l, float *oacc, int64_t ldo, int hdp, float *pp, int mr)
 {
     for (int i = 0; i < nq; i++) {
         float *si = s + i * lds;
         int n = lim[i] < nk ? lim[i] : nk;
         if (n < 0) n = 0;
+        float p8[8];
+        for (int u = 0; u < 8; u++) p8[u] = -INFINITY;
+        int j = 0;
+        for (; j + 8 <= n; j += 8)
+            for (int u = 0; u < 8; u++) p8[u] = si[j + u] > p8[u] ? si[j + u] : p8[u];
         float mx = -INFINITY;
-        for (int j = 0; j < n; j++) {
-            si[j] *= scale;
-            mx = si[j] > mx ? si[j] : mx;
-        }
+        for (; j < n; j++) mx = si[j] > mx ? si[j] : mx;
+        for (int u = 0; u < 8; u++) mx = p8[u] > mx ? p8[u] : mx;
         float mnew = m[i] > mx ? m[i] : mx;
         float alpha = n > 0 ? cm_vexp(m[i] - mnew) : 1.0f;
         if (n == 0) mnew = m[i];
+#pragma omp simd
+        for (int jj = 0; jj < n; jj++) si[jj] = cm_vexp(si[jj] - mnew);
+        for (int jj = n; jj < nk; jj++) si[jj] = 0.0f;
+        for (int u = 0; u < 8; u++) p8[u] = 0.0f;
+        for (j = 0; j + 8 <= n; j += 8)
+            for (int u = 0; u < 8; u++) p8[u] += si[j + u];
         float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-        for (int j = 0; j < n; j++) {
-            float e = cm_vexp(si[j] - mnew);
-            si[j] = e;
-            sum += e;
-        }
-        for (int j = n; j < nk; j++) si[j] = 0.0f;
+        for (; j < n; j++) sum += si[j];
+        for (int u = 0; u < 8; u++) sum += p8[u];
         l[i] = l[i] * alpha + sum;
         m[i] = mnew;
         if (alpha != 1.0f) {
@@ -372,101 +378,104 @@ CM_INLINE void att_softmax_body(float *s, int64_t lds, int nq, int nk, const int
 #pragma omp simd
             for (int d = 0; d < hdp; d++) o[d] *= alpha;
         }
-        /* P row i into the MR-row panel layout: pp[tile][k][r]. */
         float *dst = pp + (int64_t)(i / mr) * mr * ATT_BK + (i % mr);
-        for (int j = 0; j < nk; j++) dst[j * mr] = si[j];
+        for (int jj = 0; jj < nk; jj++) dst[jj * mr] = si[jj];
     }
 }
 
 CM_TARGET_AVX2 static void att_softmax_avx2(float *s, int64_t lds, int nq, int nk, const int *lim,
-                                            float scale, float *m, float *l, float *oacc,
-                                            int64_t ldo, int hdp, float *pp, int mr)
+                                            float *m, float *l, float *oacc, int64_t ldo, int hdp,
+                                            float *pp, int mr)
 {
-    att_softmax_body(s, lds, nq, nk, lim, scale, m, l, oacc, ldo, hdp, pp, mr);
+    att_softmax_body(s, lds, nq, nk, lim, m, l, oacc, ldo, hdp, pp, mr);
 }
-static void att_softmax_c(float *s, int64_t lds, int nq, int nk, const int *lim, float scale,
-                          float *m, float *l, float *oacc, int64_t ldo, int hdp, float *pp, int mr)
+static void att_softmax_c(float *s, int64_t lds, int nq, int nk, const int *lim, float *m, float *l,
+                          float *oacc, int64_t ldo, int hdp, float *pp, int mr)
 {
-    att_softmax_body(s, lds, nq, nk, lim, scale, m, l, oacc, ldo, hdp, pp, mr);
+    att_softmax_body(s, lds, nq, nk, lim, m, l, oacc, ldo, hdp, pp, mr);
 }
 
-static void att_task(const float *q, const float *k, const float *v, float *o,
-                     const cm_attn_params *p, int b, int h, int t0, const cm_isa *isa,
-                     att_buf *bu)
+typedef struct {
+    const cm_attn_params *p;
+    const cm_isa *isa;
+    int hd16, hdp, bkp, nkb;
+    size_t kv_blk; /* floats per packed (b, h, key block) */
+    float *kv;     /* packed K^T then V panels, per (b, h, key block) */
+} att_ctx;
+
+/* Pack key block kb of (b, h): K^T panels kp[panel][d][j] (hd16 rows per
+ * panel) then V panels vp[panel][j][dd] (ATT_BK rows); padding zero. */
+static void att_pack_kv(const att_ctx *c, const float *k, const float *v, int b, int h, int kb)
 {
-    const int mr = isa->mr, nr = isa->nr, hd = p->hd;
+    const cm_attn_params *p = c->p;
+    const int nr = c->isa->nr, hd = p->hd, s0 = kb * ATT_BK;
+    const int nk = p->Tk - s0 < ATT_BK ? p->Tk - s0 : ATT_BK;
+    float *kp = c->kv + (((size_t)b * p->heads + h) * c->nkb + kb) * c->kv_blk;
+    float *vp = kp + (size_t)c->bkp * c->hd16;
+    for (int pn = 0; pn < c->bkp / nr; pn++) {
+        float *d = kp + (size_t)pn * c->hd16 * nr;
+        for (int jj = 0; jj < nr; jj++) {
+            int j = pn * nr + jj;
+            const float *kr = k + b * p->k_bstride + (int64_t)(s0 + j) * p->k_stride + h * hd;
+            for (int dd = 0; dd < hd; dd++) d[dd * nr + jj] = j < nk ? kr[dd] : 0.0f;
+        }
+    }
+    for (int pn = 0; pn < c->hdp / nr; pn++) {
+        float *d = vp + (size_t)pn * ATT_BK * nr;
+        for (int j = 0; j < ATT_BK; j++) {
+            const float *vr = v + b * p->v_bstride + (int64_t)(s0 + j) * p->v_stride + h * hd;
+            for (int dd = 0; dd < nr; dd++) {
+                int cc = pn * nr + dd;
+                d[j * nr + dd] = (j < nk && cc < hd) ? vr[cc] : 0.0f;
+            }
+        }
+    }
+}
+
+static void att_task(const att_ctx *c, const float *q, float *o, int b, int h, int t0, att_buf *bu)
+{
+    const cm_attn_params *p = c->p;
+    const cm_isa *isa = c->isa;
+    const int mr = isa->mr, nr = isa->nr, hd = p->hd, hdp = c->hdp, bkp = c->bkp;
     const int nq = p->Tq - t0 < ATT_BQ ? p->Tq - t0 : ATT_BQ;
     const int qtiles = (nq + mr - 1) / mr;
-    const int hdp = (hd + nr - 1) / nr * nr, bkp = (ATT_BK + nr - 1) / nr * nr;
     const int level = cm_isa_level();
     int lim[ATT_BQ];
 
-    /* Q tile packed k-major in MR-row panels (kc = hd). */
+    /* scale * Q, packed k-major in MR-row panels (kc = hd). */
     for (int qt = 0; qt < qtiles; qt++)
         for (int r = 0; r < mr; r++) {
             int i = qt * mr + r;
             float *d = bu->qp + (int64_t)qt * mr * hd + r;
-            if (i < nq) {
-                const float *qr = q + b * p->q_bstride + (int64_t)(t0 + i) * p->q_stride + h * hd;
-                for (int dd = 0; dd < hd; dd++) d[dd * mr] = qr[dd];
-            } else {
-                for (int dd = 0; dd < hd; dd++) d[dd * mr] = 0.0f;
-            }
+            const float *qr = q + b * p->q_bstride + (int64_t)(t0 + i) * p->q_stride + h * hd;
+            for (int dd = 0; dd < hd; dd++) d[dd * mr] = i < nq ? qr[dd] * p->scale : 0.0f;
         }
     for (int i = 0; i < nq; i++) {
         bu->m[i] = -INFINITY;
         bu->l[i] = 0.0f;
-        lim[i] = p->causal ? t0 + i + 1 : p->Tk;
     }
     memset(bu->oacc, 0, (size_t)qtiles * mr * hdp * sizeof(float));
 
     int kend = p->Tk;
     if (p->causal && t0 + nq < kend) kend = t0 + nq;
-    for (int s0 = 0; s0 < kend; s0 += ATT_BK) {
-        int nk = kend - s0 < ATT_BK ? kend - s0 : ATT_BK;
-        int kpan = (nk + nr - 1) / nr;
-        /* K^T panels: kp[panel][d][j] = k[s0 + panel*nr + j][d]. */
-        for (int pn = 0; pn < kpan; pn++) {
-            float *d = bu->kp + (int64_t)pn * hd * nr;
-            for (int jj = 0; jj < nr; jj++) {
-                int j = pn * nr + jj;
-                if (j < nk) {
-                    const float *kr = k + b * p->k_bstride + (int64_t)(s0 + j) * p->k_stride + h * hd;
-                    for (int dd = 0; dd < hd; dd++) d[dd * nr + jj] = kr[dd];
-                } else {
-                    for (int dd = 0; dd < hd; dd++) d[dd * nr + jj] = 0.0f;
-                }
-            }
-        }
-        /* V panels: vp[panel][j][dd] = v[s0 + j][panel*nr + dd], kc = ATT_BK
-         * (rows past nk zero). */
-        int vpan = hdp / nr;
-        for (int pn = 0; pn < vpan; pn++) {
-            float *d = bu->vp + (int64_t)pn * ATT_BK * nr;
-            for (int j = 0; j < ATT_BK; j++) {
-                const float *vr = v + b * p->v_bstride + (int64_t)(s0 + j) * p->v_stride + h * hd;
-                for (int dd = 0; dd < nr; dd++) {
-                    int c = pn * nr + dd;
-                    d[j * nr + dd] = (j < nk && c < hd) ? vr[c] : 0.0f;
-                }
-            }
-        }
-        /* S = Q K^T */
+    for (int s0 = 0, kb = 0; s0 < kend; s0 += ATT_BK, kb++) {
+        int nk = p->Tk - s0 < ATT_BK ? p->Tk - s0 : ATT_BK;
+        int kpan = ((kend - s0 < nk ? kend - s0 : nk) + nr - 1) / nr;
+        const float *kp = c->kv + (((size_t)b * p->heads + h) * c->nkb + kb) * c->kv_blk;
+        const float *vp = kp + (size_t)bkp * c->hd16;
         for (int pn = 0; pn < kpan; pn++)
             for (int qt = 0; qt < qtiles; qt++)
-                isa->ukr(hd, bu->qp + (int64_t)qt * mr * hd, bu->kp + (int64_t)pn * hd * nr,
+                isa->ukr(hd, bu->qp + (int64_t)qt * mr * hd, kp + (size_t)pn * c->hd16 * nr,
                          bu->s + (int64_t)qt * mr * bkp + pn * nr, bkp, 0);
         for (int i = 0; i < nq; i++) lim[i] = (p->causal ? t0 + i + 1 : p->Tk) - s0;
         if (CM_HAVE_AVX2_CLONES && level >= 1)
-            att_softmax_avx2(bu->s, bkp, nq, nk, lim, p->scale, bu->m, bu->l, bu->oacc, hdp, hdp,
-                             bu->pp, mr);
+            att_softmax_avx2(bu->s, bkp, nq, nk, lim, bu->m, bu->l, bu->oacc, hdp, hdp, bu->pp, mr);
         else
-            att_softmax_c(bu->s, bkp, nq, nk, lim, p->scale, bu->m, bu->l, bu->oacc, hdp, hdp,
-                          bu->pp, mr);
-        /* P rows past nq are zero (set once at allocation, never written). */
-        for (int pn = 0; pn < vpan; pn++)
+            att_softmax_c(bu->s, bkp, nq, nk, lim, bu->m, bu->l, bu->oacc, hdp, hdp, bu->pp, mr);
+        /* P columns past nk meet zero V rows; P rows past nq are discarded. */
+        for (int pn = 0; pn < hdp / nr; pn++)
             for (int qt = 0; qt < qtiles; qt++)
-                isa->ukr(ATT_BK, bu->pp + (int64_t)qt * mr * ATT_BK, bu->vp + (int64_t)pn * ATT_BK * nr,
+                isa->ukr(nk, bu->pp + (int64_t)qt * mr * ATT_BK, vp + (size_t)pn * ATT_BK * nr,
                          bu->oacc + (int64_t)qt * mr * hdp + pn * nr, hdp, 1);
     }
     for (int i = 0; i < nq; i++) {
@@ -479,18 +488,25 @@ static void att_task(const float *q, const float *k, const float *v, float *o,
 
 void cm_attention(const float *q, const float *k, const float *v, float *o, const cm_attn_params *p)
 {
-    if (p->B <= 0 || p->heads <= 0 || p->Tq <= 0) return;
-    const cm_isa *isa = cm_isa_current();
-    const int mr = isa->mr, nr = isa->nr, hd = p->hd;
+    if (p->B <= 0 || p->heads <= 0 || p->Tq <= 0 || p->Tk <= 0) return;
+    att_ctx c;
+    c.p = p;
+    c.isa = cm_isa_current();
+    const int mr = c.isa->mr, nr = c.isa->nr, hd = p->hd;
+    c.hd16 = (hd + 15) / 16 * 16;
+    c.hdp = (hd + nr - 1) / nr * nr;
+    c.bkp = (ATT_BK + nr - 1) / nr * nr;
+    c.nkb = (p->Tk + ATT_BK - 1) / ATT_BK;
+    c.kv_blk = (size_t)c.bkp * c.hd16 + (size_t)c.hdp * ATT_BK;
     const int bqp = (ATT_BQ + mr - 1) / mr * mr;
-    const int hdp = (hd + nr - 1) / nr * nr, bkp = (ATT_BK + nr - 1) / nr * nr;
-    const int hd16 = (hd + 15) / 16 * 16;
-    size_t per = (size_t)bkp * hd16 + (size_t)hdp * ATT_BK + (size_t)bqp * bkp +
-                 (size_t)bqp * hdp + (size_t)bqp * ATT_BK + (size_t)bqp * hd + 2 * (size_t)bqp;
+    size_t per = (size_t)bqp * c.bkp + (size_t)bqp * c.hdp + (size_t)bqp * ATT_BK +
+                 (size_t)bqp * hd + 2 * (size_t)bqp;
     per = (per + 15) / 16 * 16;
     int nt = cm_threads_get();
+    int64_t nkv = (int64_t)p->B * p->heads * c.nkb;
+    c.kv = cm_alloc((size_t)nkv * c.kv_blk * sizeof(float), "attention K/V panels", NULL);
     float *work = cm_calloc((size_t)nt * per * sizeof(float), "attention work", NULL);
-    CM_ASSERT(work);
+    CM_ASSERT(work && c.kv);
     int qtn = (p->Tq + ATT_BQ - 1) / ATT_BQ;
     int64_t ntask = (int64_t)p->B * p->heads * qtn;
 
@@ -500,16 +516,17 @@ void cm_attention(const float *q, const float *k, const float *v, float *o, cons
 #ifdef _OPENMP
         tid = omp_get_thread_num();
 #endif
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < nkv; t++) {
+            int kb = (int)(t % c.nkb);
+            int bh = (int)(t / c.nkb);
+            att_pack_kv(&c, k, v, bh / p->heads, bh % p->heads, kb);
+        }
         float *w = work + (size_t)tid * per;
         att_buf bu;
-        /* Panels read with aligned vector loads start on 64-byte bounds:
-         * every size below is a multiple of 16 floats except hd-sized
-         * ones, which only the (broadcast-read) Q panel has. */
-        bu.kp = w;
-        bu.vp = bu.kp + (size_t)bkp * hd16;
-        bu.s = bu.vp + (size_t)hdp * ATT_BK;
-        bu.oacc = bu.s + (size_t)bqp * bkp;
-        bu.pp = bu.oacc + (size_t)bqp * hdp;
+        bu.s = w;
+        bu.oacc = bu.s + (size_t)bqp * c.bkp;
+        bu.pp = bu.oacc + (size_t)bqp * c.hdp;
         bu.qp = bu.pp + (size_t)bqp * ATT_BK;
         bu.m = bu.qp + (size_t)bqp * hd;
         bu.l = bu.m + bqp;
@@ -517,10 +534,11 @@ void cm_attention(const float *q, const float *k, const float *v, float *o, cons
         for (int64_t t = 0; t < ntask; t++) {
             int qt = (int)(t % qtn);
             int bh = (int)(t / qtn);
-            att_task(q, k, v, o, p, bh / p->heads, bh % p->heads, qt * ATT_BQ, isa, &bu);
+            att_task(&c, q, o, bh / p->heads, bh % p->heads, qt * ATT_BQ, &bu);
         }
     }
     cm_free(work);
+    cm_free(c.kv);
 }
 
 /* ------------------------------------------------------------------------
