@@ -113,7 +113,7 @@ static void replay(const char *rel)
     const int steps = wt_cfg_int(meta, "steps", 0);
     const float g = (float)wt_cfg_num(meta, "guidance_scale", 1.0);
     const double strength = wt_cfg_num(meta, "strength", 1.0);
-    const int inpaint = !strcmp(mode, "inpaint");
+    int inpaint = !strcmp(mode, "inpaint");
 
     /* The schedule: bit for bit with torch's. */
     df_schedule sc;
@@ -137,6 +137,12 @@ static void replay(const char *rel)
     const cm_wview *shape_src = wt_file_find(f, "step0.latents");
     ck_assert(shape_src != NULL);
     const int64_t n = cm_wview_numel(shape_src);
+    /* a 9-channel inpainting UNet gets [latents, mask, masked-image latents]
+     * and the latents are not blended */
+    const cm_wview *in0 = wt_file_find(f, "step0.unet_in");
+    ck_assert(in0 != NULL);
+    const int nine = cm_wview_numel(in0) == n / 4 * 9;
+    float *masked_image_latents = nine ? need(f, "masked_image_latents", n) : NULL;
     df_sampler *s = df_sampler_create(kind, &sc, steps, &opts, n, &err);
     ck_assert_msg(s != NULL, "%s", err.msg);
 
@@ -181,6 +187,10 @@ static void replay(const char *rel)
         const float ns = df_sampler_init_noise_sigma(s);
         for (int64_t e = 0; e < n; e++) x[e] = init[e] * ns;
         free(init);
+    } else if (!wt_file_find(f, "image_latents")) { /* inpaint, strength 1 */
+        noise = need(f, "noise", n);
+        const float ns = df_sampler_init_noise_sigma(s);
+        for (int64_t e = 0; e < n; e++) x[e] = noise[e] * ns;
     } else {
         image_latents = need(f, "image_latents", n);
         noise = need(f, "noise", n);
@@ -193,11 +203,12 @@ static void replay(const char *rel)
         if (!want) want = need(f, "latents_0", n);
         TU_ASSERT_CLOSE("noised start latents", x, want, n, TOL);
         free(want);
-        if (inpaint) {
-            mask = get(f, "mask_latent", &hw);
-            ck_assert(mask != NULL && hw > 0 && n % hw == 0);
-        }
     }
+    if (inpaint) {
+        mask = get(f, "mask_latent", &hw);
+        ck_assert(mask != NULL && hw > 0 && n == 4 * hw);
+    }
+    float *x9 = nine ? malloc((size_t)(n / 4 * 9) * sizeof(float)) : NULL;
     float *l0 = get(f, "latents_0", NULL);
     if (l0) {
         TU_ASSERT_CLOSE("latents_0", x, l0, n, TOL);
@@ -213,8 +224,13 @@ static void replay(const char *rel)
         nc.draws = 0;
         df_sampler_model_input(s, i, x, x_in);
         snprintf(name, sizeof name, "step%d.unet_in", k);
-        float *want = need(f, name, n);
-        TU_ASSERT_CLOSE(name, x_in, want, n, TOL);
+        if (nine) { /* batch 1: channels [0,4) latents, 4 mask, [5,9) masked image */
+            memcpy(x9, x_in, (size_t)n * sizeof(float));
+            memcpy(x9 + n, mask, (size_t)hw * sizeof(float));
+            memcpy(x9 + n + hw, masked_image_latents, (size_t)n * sizeof(float));
+        }
+        float *want = need(f, name, nine ? n / 4 * 9 : n);
+        TU_ASSERT_CLOSE(name, nine ? x9 : x_in, want, nine ? n / 4 * 9 : n, TOL);
         free(want);
         snprintf(name, sizeof name, "step%d.unet_timestep", k);
         float *ut = get(f, name, NULL);
@@ -255,7 +271,7 @@ static void replay(const char *rel)
         recorded += wt_file_find(f, name) != NULL;
         ck_assert_msg(nc.draws == recorded, "%s step %d: %d draws, the reference made %d", rel, k,
                       nc.draws, recorded);
-        if (inpaint) df_sampler_inpaint_blend(s, i, image_latents, noise, mask, n / hw, hw, x);
+        if (inpaint && !nine) df_sampler_inpaint_blend(s, i, image_latents, noise, mask, n / hw, hw, x);
         snprintf(name, sizeof name, "step%d.latents", k);
         want = need(f, name, n);
         TU_ASSERT_CLOSE(name, x, want, n, TOL);
@@ -281,6 +297,8 @@ static void replay(const char *rel)
     free(image_latents);
     free(noise);
     free(mask);
+    free(x9);
+    free(masked_image_latents);
     df_sampler_free(s);
     df_schedule_release(&sc);
     cJSON_Delete(meta);
@@ -320,6 +338,8 @@ START_TEST(sampler_golden_img2img)
         "golden/sd1-tiny/inpaint.safetensors",
         "golden/sd2-tiny/img2img.safetensors",
         "golden/sd2-tiny/inpaint.safetensors",
+        "golden/sd1-inpaint-tiny/inpaint9_full.safetensors",
+        "golden/sd1-inpaint-tiny/inpaint9_partial.safetensors",
     };
     replay(runs[_i]);
 }
@@ -545,6 +565,6 @@ TCase *tc_diffusion_sampler(void)
     tcase_add_test(tc, sampler_all_steps);
     tcase_add_loop_test(tc, sampler_golden_sd1, 0, 8);
     tcase_add_loop_test(tc, sampler_golden_sd2, 0, 2);
-    tcase_add_loop_test(tc, sampler_golden_img2img, 0, 4);
+    tcase_add_loop_test(tc, sampler_golden_img2img, 0, 6);
     return tc;
 }
