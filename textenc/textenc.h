@@ -27,6 +27,15 @@ void te_tokenizer_free(te_tokenizer *t);
 cm_status te_tokenize(const te_tokenizer *t, const char *text, int32_t **ids, int *n, cm_error *err);
 /* The BPE string of a token id ("cat</w>"), or NULL. */
 const char *te_token_str(const te_tokenizer *t, int32_t id);
+/* te_tokenize with flags. TE_TOK_SD2_BANG: every literal "!" of the raw
+ * prompt becomes id 0 and is never merged ("!!!" -> 0 0 0), the text between
+ * them tokenized separately: what transformers' CLIPTokenizer configured for
+ * SD2 / SDXL encoder 2 / SD3 clip_g does ("!" is its pad token, hence a
+ * special token), so what diffusers feeds those encoders (golden
+ * hf_sd2_77). Without it: openai CLIP / OpenCLIP / A1111 ids. */
+#define TE_TOK_SD2_BANG 1u
+cm_status te_tokenize_ex(const te_tokenizer *t, const char *text, unsigned flags, int32_t **ids,
+                         int *n, cm_error *err);
 
 /* ------------------------------------------------------------------------
  * Text conditioning of a model

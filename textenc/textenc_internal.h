@@ -26,6 +26,17 @@ cm_status te_prompt_chunks(const te_tokenizer *t, const char *prompt, int32_t pa
 cm_status te_chunks_pad_to(te_chunks *c, int nchunks, int32_t pad_id, cm_error *err);
 void te_chunks_release(te_chunks *c);
 
+/* te_prompt_chunks with te_tokenize_ex flags (TE_TOK_SD2_BANG for the
+ * diffusers behaviour of SD2 / SDXL encoder 2). te_prompt_chunks = flags 0,
+ * which is what A1111 does for every encoder. */
+cm_status te_prompt_chunks_ex(const te_tokenizer *t, const char *prompt, int32_t pad_id,
+                              unsigned flags, te_chunks *out, cm_error *err);
+
+/* tokenizer.c: Python's str.isspace() and re's \w (Unicode letter, number
+ * or '_'), for the prompt parser's BREAK rule. */
+int te_is_space_py(uint32_t c);
+int te_is_word_py(uint32_t c);
+
 /* ------------------------------------------------------------------------
  * clip.c — one CLIP text transformer (HF naming or OpenCLIP naming).
  *
