@@ -33,6 +33,10 @@ int df_unet_pooled_dim(const df_unet *u);
 int df_unet_n_time_ids(const df_unet *u);
 /* h and w of the latent must be multiples of this (2^(levels-1)). */
 int df_unet_size_multiple(const df_unet *u);
+/* Bytes df_unet_forward keeps for a (B, h, w) latent and a T-token context
+ * (activations, skip connections, cached cross-attention K/V), for a
+ * memory pre-flight; weights and the kernels' own scratch not included. */
+size_t df_unet_work_bytes(const df_unet *u, int B, int h, int w, int T);
 
 /* Debug hook: called during df_unet_forward with block-level
  * intermediates named as the reference's modules (golden README §4):
@@ -169,7 +173,10 @@ typedef void (*df_noise_fn)(void *ctx, float *out, int64_t n);
 typedef struct df_sampler df_sampler;
 
 /* steps >= 1 (LCM: <= original_inference_steps); n = latent values of the
- * batch. opts may be NULL (defaults). */
+ * batch. opts may be NULL (defaults). The sampler reads sched's fields at
+ * create time (a struct copy with prediction overridden, e.g. for
+ * --prediction, is fine) but keeps pointing at sched->alphas_cumprod:
+ * that array must outlive the sampler. */
 df_sampler *df_sampler_create(df_sampler_kind kind, const df_schedule *sched, int steps,
                               const df_sampler_opts *opts, int64_t n, cm_error *err);
 void df_sampler_free(df_sampler *s);
