@@ -10,5 +10,4 @@ static int not_yet(const char *what)
     return EXIT_RUNTIME;
 }
 
-int cmd_encode(int argc, char **argv) { (void)argc; (void)argv; return not_yet("encode"); }
 int cmd_jobs(int argc, char **argv) { (void)argc; (void)argv; return not_yet("jobs"); }

@@ -20,7 +20,9 @@
  *   - SDXL force_zeros_for_empty_prompt: an empty negative prompt gives a
  *     zero uncond context and zero pooled embedding.
  * Padding ids: CLIP-L pads with EOS 49407, the OpenCLIP towers (SD2, SDXL
- * enc2) with 0, as the goldens and A1111 do.
+ * enc2) with 0, as the goldens and A1111 do. The OpenCLIP towers see "!"
+ * as id 0 like diffusers' tokenizer for them (golden README §8, the SD2
+ * "!" quirk); A1111 and open_clip would give id 256 there.
  */
 #include "textenc_internal.h"
 
@@ -198,17 +200,20 @@ static cm_status run_tower(const te_clip *c, const int32_t *ids, const float *w,
     return st;
 }
 
-/* Parse prompt into chunks for both paddings (enc2 only for SDXL). */
+/* Parse prompt into windows for enc1 (and enc2 for SDXL), both with the
+ * same number of windows. The OpenCLIP towers get diffusers' ids: "!" is
+ * their pad token, so a literal "!" becomes id 0 (TE_TOK_SD2_BANG), which
+ * can change the token count; the side with fewer windows is padded. */
 static cm_status parse(const te_encoder *e, const char *prompt, te_chunks *c1, te_chunks *c2,
                        cm_error *err)
 {
-    cm_status st = te_prompt_chunks(e->tok, prompt, e->pad1, c1, err);
+    unsigned f1 = e->family == WT_FAMILY_SD2 ? TE_TOK_SD2_BANG : 0;
+    cm_status st = te_prompt_chunks_ex(e->tok, prompt, e->pad1, f1, c1, err);
     if (st != CM_OK || !e->enc2) return st;
-    st = te_prompt_chunks(e->tok, prompt, e->pad2, c2, err);
-    if (st == CM_OK && c2->nchunks != c1->nchunks)
-        st = cm_error_set(err, CM_ERR_FORMAT, "prompt parser: %d windows with pad %d but %d with pad %d",
-                          c1->nchunks, (int)e->pad1, c2->nchunks, (int)e->pad2);
-    return st;
+    st = te_prompt_chunks_ex(e->tok, prompt, e->pad2, TE_TOK_SD2_BANG, c2, err);
+    if (st != CM_OK) return st;
+    if (c2->nchunks < c1->nchunks) return te_chunks_pad_to(c2, c1->nchunks, e->pad2, err);
+    return te_chunks_pad_to(c1, c2->nchunks, e->pad1, err);
 }
 
 static cm_status alloc_cond(te_cond *c, int nchunks, int C, int P, cm_error *err)
