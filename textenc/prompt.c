@@ -47,12 +47,7 @@
  * ---------------------------------------------------------------------- */
 
 typedef struct {
-    char *text; /* UTF-8, cm_alloc'd */
-    double w;
-} part;
-
-typedef struct {
-    part *v;
+    te_prompt_part *v;
     int n, cap;
     int oom;
 } parts;
@@ -62,7 +57,7 @@ static void parts_push(parts *p, const char *s, size_t len, double w)
     if (p->oom) return;
     if (p->n == p->cap) {
         int cap = p->cap ? p->cap * 2 : 16;
-        part *v = cm_alloc((size_t)cap * sizeof *v, "prompt parts", NULL);
+        te_prompt_part *v = cm_alloc((size_t)cap * sizeof *v, "prompt parts", NULL);
         if (!v) {
             p->oom = 1;
             return;
@@ -80,7 +75,7 @@ static void parts_push(parts *p, const char *s, size_t len, double w)
     memcpy(t, s, len);
     t[len] = 0;
     p->v[p->n].text = t;
-    p->v[p->n].w = w;
+    p->v[p->n].weight = w;
     p->n++;
 }
 
@@ -166,7 +161,7 @@ static void split_break(parts *out, const char *s, size_t n, double w)
 
 static void multiply_range(parts *r, int from, double m)
 {
-    for (int p = from; p < r->n; p++) r->v[p].w *= m;
+    for (int p = from; p < r->n; p++) r->v[p].weight *= m;
 }
 
 /* Try `:\s*([+-]?[.\d]+)\s*\)` at s[i] == ':'. Returns the match length
@@ -271,7 +266,7 @@ static cm_status parse_prompt_attention(const char *s, parts *res, cm_error *err
     if (res->oom) goto oom;
     /* merge runs of identical weights */
     for (int k = 0; k + 1 < res->n;) {
-        if (res->v[k].w == res->v[k + 1].w) {
+        if (res->v[k].weight == res->v[k + 1].weight) {
             size_t la = strlen(res->v[k].text), lb = strlen(res->v[k + 1].text);
             char *t = cm_alloc(la + lb + 1, "prompt part", err);
             if (!t) goto oom;
@@ -291,6 +286,28 @@ oom:
     cm_free(round);
     cm_free(square);
     return cm_error_set(err, CM_ERR_NOMEM, "prompt: out of memory parsing a %zu-byte prompt", n);
+}
+
+cm_status te_prompt_parse(const char *prompt, te_prompt_part **out, int *n, cm_error *err)
+{
+    *out = NULL;
+    *n = 0;
+    if (!prompt) return cm_error_set(err, CM_ERR_USAGE, "te_prompt_parse: no prompt");
+    parts res = {0};
+    cm_status st = parse_prompt_attention(prompt, &res, err);
+    if (st != CM_OK) {
+        parts_free(&res);
+        return st;
+    }
+    *out = res.v;
+    *n = res.n;
+    return CM_OK;
+}
+
+void te_prompt_parts_free(te_prompt_part *parts, int n)
+{
+    for (int i = 0; parts && i < n; i++) cm_free(parts[i].text);
+    cm_free(parts);
 }
 
 /* ------------------------------------------------------------------------
@@ -361,7 +378,7 @@ cm_status te_prompt_chunks_ex(const te_tokenizer *t, const char *prompt, int32_t
     if (st != CM_OK) goto fail;
     int last_comma = -1;
     for (int pi = 0; pi < res.n; pi++) {
-        if (!strcmp(res.v[pi].text, "BREAK") && res.v[pi].w == -1.0) {
+        if (!strcmp(res.v[pi].text, "BREAK") && res.v[pi].weight == -1.0) {
             if ((st = emit_chunk(out, &acc, pad_id, err)) != CM_OK) goto fail;
             last_comma = -1;
             continue;
@@ -369,7 +386,7 @@ cm_status te_prompt_chunks_ex(const te_tokenizer *t, const char *prompt, int32_t
         int32_t *ids = NULL;
         int n = 0;
         if ((st = te_tokenize_ex(t, res.v[pi].text, flags, &ids, &n, err)) != CM_OK) goto fail;
-        float wf = (float)res.v[pi].w;
+        float wf = (float)res.v[pi].weight;
         for (int k = 0; k < n; k++) {
             int32_t tok = ids[k];
             if (tok == COMMA_ID) {

@@ -32,6 +32,17 @@ void te_chunks_release(te_chunks *c);
 cm_status te_prompt_chunks_ex(const te_tokenizer *t, const char *prompt, int32_t pad_id,
                               unsigned flags, te_chunks *out, cm_error *err);
 
+/* The parse alone (A1111 parse_prompt_attention): (text, weight) parts with
+ * equal neighbours merged, BREAK as ("BREAK", -1); an empty prompt gives
+ * ("", 1.0). Weights are doubles as in Python. Free with
+ * te_prompt_parts_free. */
+typedef struct {
+    char *text;
+    double weight;
+} te_prompt_part;
+cm_status te_prompt_parse(const char *prompt, te_prompt_part **parts, int *n, cm_error *err);
+void te_prompt_parts_free(te_prompt_part *parts, int n);
+
 /* tokenizer.c: Python's str.isspace() and re's \w (Unicode letter, number
  * or '_'), for the prompt parser's BREAK rule. */
 int te_is_space_py(uint32_t c);
