@@ -229,40 +229,49 @@ static void pack_a(const cm_gemm_job *jb, int mr, int64_t m0, int64_t mc, int t,
     }
 }
 
-CM_INLINE void epilogue_body(const cm_gemm_job *jb, int64_t m0, int64_t mc, int64_t n0,
-                             int64_t nc, const float *acc, int64_t ldc)
+/* Rows m0.. of the accumulator block to y: act(acc + bias) + residual.
+ * bias is never NULL here (zeros when the job has none), and the residual
+ * test sits outside the loops: a conditional load from a NULL-based address
+ * vectorises to a masked load that faults into a microcode assist on AMD. */
+CM_INLINE void epilogue_body(const cm_gemm_job *jb, const float *bias_all, int64_t m0, int64_t mc,
+                             int64_t n0, int64_t nc, const float *acc, int64_t ldc)
 {
+    const float *bias = bias_all + n0;
+    const cm_act act = jb->act;
     for (int64_t r = 0; r < mc; r++) {
         float *yr = jb->yrow(jb, m0 + r) + n0;
-        const float *rr = jb->rrow ? jb->rrow(jb, m0 + r) + n0 : NULL;
-        const float *bias = jb->bias ? jb->bias + n0 : NULL;
         const float *ar = acc + r * ldc;
-        cm_act act = jb->act;
-        if (act == CM_ACT_NONE) {
+        if (jb->rrow) {
+            const float *rr = jb->rrow(jb, m0 + r) + n0;
+            if (act == CM_ACT_NONE) {
 #pragma omp simd
-            for (int64_t n = 0; n < nc; n++) {
-                float v = ar[n] + (bias ? bias[n] : 0.0f);
-                yr[n] = rr ? v + rr[n] : v;
+                for (int64_t n = 0; n < nc; n++) yr[n] = ar[n] + bias[n] + rr[n];
+            } else {
+#pragma omp simd
+                for (int64_t n = 0; n < nc; n++) yr[n] = cm_vact(ar[n] + bias[n], act) + rr[n];
             }
         } else {
+            if (act == CM_ACT_NONE) {
 #pragma omp simd
-            for (int64_t n = 0; n < nc; n++) {
-                float v = cm_vact(ar[n] + (bias ? bias[n] : 0.0f), act);
-                yr[n] = rr ? v + rr[n] : v;
+                for (int64_t n = 0; n < nc; n++) yr[n] = ar[n] + bias[n];
+            } else {
+#pragma omp simd
+                for (int64_t n = 0; n < nc; n++) yr[n] = cm_vact(ar[n] + bias[n], act);
             }
         }
     }
 }
 
-CM_TARGET_AVX2 static void epilogue_avx2(const cm_gemm_job *jb, int64_t m0, int64_t mc,
-                                         int64_t n0, int64_t nc, const float *acc, int64_t ldc)
+CM_TARGET_AVX2 static void epilogue_avx2(const cm_gemm_job *jb, const float *bias, int64_t m0,
+                                         int64_t mc, int64_t n0, int64_t nc, const float *acc,
+                                         int64_t ldc)
 {
-    epilogue_body(jb, m0, mc, n0, nc, acc, ldc);
+    epilogue_body(jb, bias, m0, mc, n0, nc, acc, ldc);
 }
-static void epilogue_c(const cm_gemm_job *jb, int64_t m0, int64_t mc, int64_t n0, int64_t nc,
-                       const float *acc, int64_t ldc)
+static void epilogue_c(const cm_gemm_job *jb, const float *bias, int64_t m0, int64_t mc,
+                       int64_t n0, int64_t nc, const float *acc, int64_t ldc)
 {
-    epilogue_body(jb, m0, mc, n0, nc, acc, ldc);
+    epilogue_body(jb, bias, m0, mc, n0, nc, acc, ldc);
 }
 
 void cm_gemm_run(const cm_gemm_job *jb)
@@ -290,7 +299,9 @@ void cm_gemm_run(const cm_gemm_job *jb)
     int64_t kc_blk = C < KC_MAX ? (C > 0 ? C : 1) : KC_MAX;
     size_t a_sz = (size_t)(mc_blk * kc_blk), c_sz = (size_t)(mc_blk * ncp * nr);
     float *work = cm_alloc((size_t)nt * (a_sz + c_sz) * sizeof(float), "gemm work", NULL);
-    CM_ASSERT(work);
+    float *zeros = jb->bias ? NULL : cm_calloc((size_t)N * sizeof(float), "gemm bias", NULL);
+    const float *bias = jb->bias ? jb->bias : zeros;
+    CM_ASSERT(work && bias);
 
 #pragma omp parallel num_threads(nt)
     {
@@ -330,11 +341,12 @@ void cm_gemm_run(const cm_gemm_job *jb)
                 }
             int64_t n0 = p0 * nr, nc = N - n0 < ldc ? N - n0 : ldc;
             if (CM_HAVE_AVX2_CLONES && isa != &isa_portable)
-                epilogue_avx2(jb, m0, mc, n0, nc, acc, ldc);
+                epilogue_avx2(jb, bias, m0, mc, n0, nc, acc, ldc);
             else
-                epilogue_c(jb, m0, mc, n0, nc, acc, ldc);
+                epilogue_c(jb, bias, m0, mc, n0, nc, acc, ldc);
         }
     }
+    cm_free(zeros);
     cm_free(work);
     cm_free(bp);
 }
