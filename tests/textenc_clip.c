@@ -349,6 +349,23 @@ START_TEST(encode_sd1_golden)
 }
 END_TEST
 
+/* The same conditioning from the diffusers folder of sd1-tiny. */
+START_TEST(encode_sd1_diffusers)
+{
+    const char *g = "golden/sd1-tiny/text_encoder.safetensors";
+    wt_model *m = open_model("golden/sd1-tiny/model/diffusers");
+    te_encoder *e = make_encoder(m);
+    te_cond c = {0}, u = {0};
+    encode_ok(e, P0, "", 0, &c, &u);
+    check_row("sd1 diffusers cond", &c.context, g, "last_hidden_state", 0);
+    check_row("sd1 diffusers uncond", &u.context, g, "last_hidden_state", 3);
+    te_cond_release(&c);
+    te_cond_release(&u);
+    te_encoder_free(e);
+    wt_model_close(m);
+}
+END_TEST
+
 START_TEST(encode_sd2_golden)
 {
     const char *g = "golden/sd2-tiny/text_encoder.safetensors";
@@ -514,6 +531,7 @@ TCase *tc_textenc_clip(void)
     tcase_add_test(tc, clip_alloc_fail);
     tcase_add_test(tc, clip_threads);
     tcase_add_test(tc, encode_sd1_golden);
+    tcase_add_test(tc, encode_sd1_diffusers);
     tcase_add_test(tc, encode_sd2_golden);
     tcase_add_test(tc, encode_sdxl_golden);
     tcase_add_test(tc, encode_emphasis_chunks);

@@ -16,6 +16,8 @@
  *             transformer.resblocks.i.{ln_1, attn.in_proj_weight/bias
  *             (fused [3W, W], rows q|k|v), attn.out_proj, ln_2, mlp.c_fc,
  *             mlp.c_proj}, ln_final, text_projection [W, P]
+ * (diffusers' CLIPTextModelWithProjection, as the SDXL folder maps it:
+ * HF names plus text_projection.weight [P, W] beside text_model.)
  *
  * Layout: activations float32 (B*77, W) token-major; q|k|v share one
  * (B*77, 3W) buffer so both namings feed the same attention call.
@@ -41,7 +43,8 @@ struct te_clip {
     const cm_wview *token_embedding;    /* (vocab, W) */
     const cm_wview *position_embedding; /* (npos, W) */
     const cm_wview *final_ln_w, *final_ln_b;
-    const cm_wview *text_projection; /* (W, P) or NULL */
+    const cm_wview *text_projection; /* (W, P), or (P, W) when proj_linear; or NULL */
+    int proj_linear; /* HF CLIPTextModelWithProjection: text_projection.weight, y = x W^T */
     clip_layer *layer;
 };
 
@@ -156,6 +159,22 @@ te_clip *te_clip_create(const wt_model *m, const char *prefix, const char *secti
         REQ2(c->position_embedding, g->npos, W, "%sembeddings.position_embedding.weight", prefix);
         REQ1(c->final_ln_w, W, "%sfinal_layer_norm.weight", prefix);
         REQ1(c->final_ln_b, W, "%sfinal_layer_norm.bias", prefix);
+        /* diffusers' CLIPTextModelWithProjection keeps text_projection.weight
+         * [P, W] beside text_model.* (prefix "<root>text_model."). */
+        size_t pl = strlen(prefix), tl = strlen("text_model.");
+        if (pl >= tl && !strcmp(prefix + pl - tl, "text_model.")) {
+            const cm_wview *p = wt_model_getf(m, "%.*stext_projection.weight", (int)(pl - tl), prefix);
+            if (p) {
+                if (p->ndim != 2 || p->shape[1] != W || p->shape[0] <= 0) {
+                    cm_error_set(err, CM_ERR_FORMAT, "%s: tensor %.*stext_projection.weight: expected shape [P, %lld]",
+                                 wt_model_path(m), (int)(pl - tl), prefix, (long long)W);
+                    goto fail;
+                }
+                c->text_projection = p;
+                c->proj_linear = 1;
+                g->proj = (int)p->shape[0];
+            }
+        }
     }
 
     c->layer = cm_calloc(sizeof(clip_layer) * (size_t)g->layers, "CLIP layers", err);
@@ -265,6 +284,10 @@ static void clip_pool(const te_clip *c, const int32_t *ids, int B, const float *
         cm_layer_norm(x + ((int64_t)b * TE_CTX + at) * W, dst, 1, W, g->eps, c->final_ln_w, c->final_ln_b);
         if (!project) continue;
         float *out = pooled + (int64_t)b * g->proj;
+        if (c->proj_linear) {
+            cm_linear(row, W, 1, W, c->text_projection, NULL, CM_ACT_NONE, NULL, out, g->proj);
+            continue;
+        }
         for (int p = 0; p < g->proj; p++) out[p] = 0;
         for (int k = 0; k < W; k++) {
             cm_wview_to_f32(c->text_projection, (int64_t)k * g->proj, g->proj, prow);

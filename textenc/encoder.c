@@ -33,6 +33,8 @@
 #define SD2_PREFIX "cond_stage_model.model."
 #define SDXL1_PREFIX "conditioner.embedders.0.transformer.text_model."
 #define SDXL2_PREFIX "conditioner.embedders.1.model."
+/* SDXL text_encoder_2 of a diffusers folder (HF names, see weights/diffusers.c) */
+#define SDXL2_HF_PREFIX "conditioner.embedders.1.transformer.text_model."
 
 struct te_encoder {
     wt_family family;
@@ -95,10 +97,12 @@ te_encoder *te_encoder_create(const wt_model *m, cm_error *err)
         e->pad1 = 0;
         break;
     }
-    case WT_FAMILY_SDXL:
+    case WT_FAMILY_SDXL: {
         e->enc1 = te_clip_create(m, SDXL1_PREFIX, "text_encoder", err);
         if (!e->enc1) goto fail;
-        e->enc2 = te_clip_create(m, SDXL2_PREFIX, "text_encoder_2", err);
+        static const char *const pre2[] = {SDXL2_PREFIX, SDXL2_HF_PREFIX};
+        const char *p2 = find_tower(m, pre2, 2);
+        e->enc2 = te_clip_create(m, p2 ? p2 : SDXL2_PREFIX, "text_encoder_2", err);
         if (!e->enc2) goto fail;
         if (te_clip_get_config(e->enc2)->proj <= 0) {
             cm_error_set(err, CM_ERR_FORMAT, "%s: tensor %stext_projection missing (SDXL pooled embedding)",
@@ -109,6 +113,7 @@ te_encoder *te_encoder_create(const wt_model *m, cm_error *err)
         e->pad2 = 0;
         e->default_skip = 2;
         break;
+    }
     default:
         cm_error_set(err, CM_ERR_UNSUPPORTED, "%s: no CLIP text conditioning for model family %s",
                      wt_model_path(m), wt_family_name(e->family));
