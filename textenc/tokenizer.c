@@ -40,6 +40,9 @@
 #include "clip_unicode.inc"
 
 #define N_VOCAB 49408
+#ifndef TE_BPE_SHORT_MAX
+#define TE_BPE_SHORT_MAX 64 /* longer words use the heap BPE */
+#endif
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
 /* ------------------------------------------------------------------------
@@ -863,13 +866,98 @@ static void ib_push(ibuf *b, int32_t x)
     b->v[b->n++] = x;
 }
 
-/* BPE of one pre-token (UTF-8 bytes), ids appended to out. */
+/* BPE of a long word in O(n log n). CLIP's loop takes the lowest-ranked
+ * pair and merges all its occurrences left to right, then repeats. A merge
+ * only creates pairs that contain its new token, and every merge using
+ * token 512 + r has a rank above r (checked at creation), so popping
+ * (rank, position) from a min-heap and merging one occurrence at a time
+ * performs the same merges in the same order. Symbols form a linked list;
+ * heap entries that went stale are skipped on pop. */
+typedef struct {
+    int32_t rank;
+    int32_t pos; /* index of the left symbol */
+} heap_ent;
+
+static int heap_less(heap_ent a, heap_ent b) { return a.rank < b.rank || (a.rank == b.rank && a.pos < b.pos); }
+
+static void heap_push(heap_ent *h, size_t *n, heap_ent e)
+{
+    size_t i = (*n)++;
+    while (i > 0 && heap_less(e, h[(i - 1) / 2])) {
+        h[i] = h[(i - 1) / 2];
+        i = (i - 1) / 2;
+    }
+    h[i] = e;
+}
+
+static heap_ent heap_pop(heap_ent *h, size_t *n)
+{
+    heap_ent top = h[0], last = h[--*n];
+    size_t i = 0;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= *n) break;
+        if (c + 1 < *n && heap_less(h[c + 1], h[c])) c++;
+        if (!heap_less(h[c], last)) break;
+        h[i] = h[c];
+        i = c;
+    }
+    if (*n) h[i] = last;
+    return top;
+}
+
+static void bpe_word_long(const te_tokenizer *t, const unsigned char *w, size_t n, ibuf *out)
+{
+    int32_t *sym = cm_alloc(n * sizeof *sym, "bpe word", NULL);
+    int32_t *next = cm_alloc(n * sizeof *next, "bpe word", NULL);
+    int32_t *prev = cm_alloc(n * sizeof *prev, "bpe word", NULL);
+    /* each merge adds at most 2 entries to the n - 1 initial ones */
+    heap_ent *heap = cm_alloc(3 * n * sizeof *heap, "bpe word", NULL);
+    size_t nh = 0;
+    if (!sym || !next || !prev || !heap) {
+        out->oom = 1;
+        goto done;
+    }
+    for (size_t i = 0; i < n; i++) {
+        sym[i] = t->byte_id[w[i]];
+        next[i] = i + 1 < n ? (int32_t)(i + 1) : -1;
+        prev[i] = (int32_t)i - 1;
+    }
+    sym[n - 1] += 256;
+    for (size_t i = 0; i + 1 < n; i++) {
+        const pair_slot *p = pair_lookup(t, sym[i], sym[i + 1]);
+        if (p) heap_push(heap, &nh, (heap_ent){p->rank, (int32_t)i});
+    }
+    while (nh) {
+        heap_ent e = heap_pop(heap, &nh);
+        int32_t i = e.pos, j = next[i];
+        if (sym[i] < 0 || j < 0) continue;
+        const pair_slot *p = pair_lookup(t, sym[i], sym[j]);
+        if (!p || p->rank != e.rank) continue; /* stale */
+        sym[i] = 512 + e.rank;
+        sym[j] = -1;
+        next[i] = next[j];
+        if (next[j] >= 0) prev[next[j]] = i;
+        if (prev[i] >= 0 && (p = pair_lookup(t, sym[prev[i]], sym[i])))
+            heap_push(heap, &nh, (heap_ent){p->rank, prev[i]});
+        if (next[i] >= 0 && (p = pair_lookup(t, sym[i], sym[next[i]])))
+            heap_push(heap, &nh, (heap_ent){p->rank, i});
+    }
+    for (int32_t i = 0; i >= 0; i = next[i]) ib_push(out, sym[i]);
+done:
+    cm_free(sym);
+    cm_free(next);
+    cm_free(prev);
+    cm_free(heap);
+}
+
+/* BPE of one pre-token (UTF-8 bytes), ids appended to out: CLIP's loop
+ * directly for short words, the heap for long ones. */
 static void bpe_word(const te_tokenizer *t, const unsigned char *w, size_t n, ibuf *out)
 {
-    int32_t stack_sym[64];
-    int32_t *sym = n <= 64 ? stack_sym : cm_alloc(n * sizeof *sym, "bpe word", NULL);
-    if (!sym) {
-        out->oom = 1;
+    int32_t sym[TE_BPE_SHORT_MAX];
+    if (n > TE_BPE_SHORT_MAX) {
+        bpe_word_long(t, w, n, out);
         return;
     }
     for (size_t i = 0; i < n; i++) sym[i] = t->byte_id[w[i]];
@@ -899,7 +987,6 @@ static void bpe_word(const te_tokenizer *t, const unsigned char *w, size_t n, ib
         ns = o;
     }
     for (size_t i = 0; i < ns; i++) ib_push(out, sym[i]);
-    if (sym != stack_sym) cm_free(sym);
 }
 
 static int match_ascii(const ubuf *s, size_t i, const char *lit)
