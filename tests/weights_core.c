@@ -335,6 +335,31 @@ START_TEST(test_detect_inpaint)
 }
 END_TEST
 
+START_TEST(test_detect_sd3)
+{
+    const char *p = synth_from_keys("golden/sd3-tiny/model/sd3-tiny_f16.keys.tsv", "sd3-keys.safetensors", NULL);
+    cm_error err = {0};
+    wt_model *m = wt_model_open(p, &err);
+    ck_assert_msg(m != NULL, "%s", err.msg);
+    ck_assert_int_eq(wt_model_family(m), WT_FAMILY_SD3);
+    cJSON *ref = golden_config("sd3-tiny");
+    const cJSON *t = wt_model_section(m, "transformer"), *rt = cJSON_GetObjectItemCaseSensitive(ref, "transformer_config");
+    ck_assert_msg(t != NULL, "no transformer section");
+    static const char *keys[] = {"patch_size", "in_channels", "out_channels", "num_layers", "attention_head_dim",
+                                 "num_attention_heads", "joint_attention_dim", "caption_projection_dim",
+                                 "pooled_projection_dim", "pos_embed_max_size"};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) expect_int("transformer", t, rt, keys[i], 0);
+    const cJSON *v = wt_model_section(m, "vae"), *rv = cJSON_GetObjectItemCaseSensitive(ref, "vae_config");
+    expect_int("vae", v, rv, "latent_channels", 0);
+    expect_int("vae", v, rv, "block_out_channels", wt_cfg_len(rv, "block_out_channels"));
+    ck_assert(wt_cfg_num(v, "scaling_factor", 0) == wt_cfg_num(rv, "scaling_factor", 1));
+    ck_assert(wt_cfg_num(v, "shift_factor", 0) == wt_cfg_num(rv, "shift_factor", 1));
+    ck_assert_int_eq(wt_cfg_int(v, "use_quant_conv", -1), wt_cfg_int(rv, "use_quant_conv", -2));
+    cJSON_Delete(ref);
+    wt_model_close(m);
+}
+END_TEST
+
 START_TEST(test_detect_partial_files)
 {
     static const struct { const char *keep[3]; const char *want; } cases[] = {
@@ -515,6 +540,7 @@ TCase *tc_weights_core(void)
     tcase_add_test(tc, test_detect_sd2);
     tcase_add_test(tc, test_detect_sdxl);
     tcase_add_test(tc, test_detect_inpaint);
+    tcase_add_test(tc, test_detect_sd3);
     tcase_add_test(tc, test_detect_partial_files);
     tcase_add_test(tc, test_diffusers_sd1);
     tcase_add_test(tc, test_info_sd1);
