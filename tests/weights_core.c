@@ -49,6 +49,9 @@ static void write_st(const char *path, const char *hdr, const void *data, size_t
     free(buf);
 }
 
+/* When set, synth_from_keys renames prefix rename_from to rename_to. */
+static const char *rename_from, *rename_to;
+
 /* A safetensors file with the names, dtypes and shapes of a .keys.tsv and
  * zero data; only tensors whose name starts with one of `keep` (NULL: all). */
 static const char *synth_from_keys(const char *keys_rel, const char *out_name, const char *const *keep)
@@ -72,6 +75,11 @@ static const char *synth_from_keys(const char *keys_rel, const char *out_name, c
         for (int i = 0; keep && keep[i]; i++)
             if (!strncmp(name, keep[i], strlen(keep[i]))) ok = 1;
         if (!ok) continue;
+        char renamed[1024];
+        if (rename_from && !strncmp(name, rename_from, strlen(rename_from))) {
+            snprintf(renamed, sizeof renamed, "%s%s", rename_to, name + strlen(rename_from));
+            name = renamed;
+        }
         cJSON *sh = cJSON_Parse(shape);
         ck_assert(cJSON_IsArray(sh));
         uint64_t bytes = !strcmp(dt, "F32") || !strcmp(dt, "I32") ? 4 : !strcmp(dt, "I64") ? 8 : 2;
@@ -308,6 +316,27 @@ START_TEST(test_detect_sd1)
 }
 END_TEST
 
+/* Old SD1 checkpoints lack "text_model." in the CLIP names. */
+START_TEST(test_detect_old_clip_names)
+{
+    rename_from = "cond_stage_model.transformer.text_model.";
+    rename_to = "cond_stage_model.transformer.";
+    const char *p = synth_from_keys("golden/sd1-tiny/model/sd1-tiny_f16.keys.tsv", "sd1-old.safetensors", NULL);
+    rename_from = rename_to = NULL;
+    check_detection(p, "sd1-tiny");
+    cm_error err = {0};
+    wt_model *m = wt_model_open(p, &err);
+    ck_assert_msg(m != NULL, "%s", err.msg);
+    ck_assert(wt_model_get(m, "cond_stage_model.transformer.text_model.final_layer_norm.weight") ==
+              wt_model_get(m, "cond_stage_model.transformer.final_layer_norm.weight"));
+    cJSON *d = wt_model_describe(m, &err);
+    ck_assert(d != NULL);
+    ck_assert_int_eq(wt_cfg_int(d, "tensors", 0), 613);
+    cJSON_Delete(d);
+    wt_model_close(m);
+}
+END_TEST
+
 START_TEST(test_detect_sd2)
 {
     check_detection(synth_from_keys("golden/sd2-tiny/model/sd2-tiny_f16.keys.tsv", "sd2-keys.safetensors", NULL),
@@ -537,6 +566,7 @@ TCase *tc_weights_core(void)
     tcase_add_test(tc, test_sha256_vectors);
     tcase_add_test(tc, test_open_single);
     tcase_add_test(tc, test_detect_sd1);
+    tcase_add_test(tc, test_detect_old_clip_names);
     tcase_add_test(tc, test_detect_sd2);
     tcase_add_test(tc, test_detect_sdxl);
     tcase_add_test(tc, test_detect_inpaint);

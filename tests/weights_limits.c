@@ -226,6 +226,24 @@ START_TEST(test_shape_overflow)
 }
 END_TEST
 
+/* Formats mistaken for safetensors say what they are. */
+START_TEST(test_other_formats)
+{
+    const char zip[16] = "PK\x03\x04\x14\x00\x00\x00\x08\x00";
+    const char *p = write_bytes("model.ckpt", zip, sizeof zip);
+    expect_refused(p, NULL);
+    cm_error err = {0};
+    ck_assert(wt_file_open(p, &err) == NULL);
+    ck_assert_msg(strstr(err.msg, "pickle"), "%s", err.msg);
+    expect_cli_refuses(p);
+    const char gguf[16] = "GGUF\x03\x00\x00\x00";
+    p = write_bytes("model.gguf", gguf, sizeof gguf);
+    expect_refused(p, NULL);
+    ck_assert(wt_file_open(p, &err) == NULL);
+    ck_assert_msg(strstr(err.msg, "GGUF"), "%s", err.msg);
+}
+END_TEST
+
 START_TEST(test_folder_and_permissions)
 {
     const char *dir = tmp_path("a_folder");
@@ -325,6 +343,7 @@ TCase *tc_weights_limits(void)
     tcase_add_test(tc, test_overlapping_tensors);
     tcase_add_test(tc, test_size_mismatch);
     tcase_add_test(tc, test_shape_overflow);
+    tcase_add_test(tc, test_other_formats);
     tcase_add_test(tc, test_folder_and_permissions);
     tcase_add_test(tc, test_truncated_model);
     tcase_add_test(tc, test_bad_config);

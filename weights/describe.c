@@ -54,7 +54,7 @@ cJSON *wt_model_describe(const wt_model *m, cm_error *err)
     int64_t params[K_COUNT] = {0}, tensors[K_COUNT] = {0};
     int64_t dt_tensors[K_COUNT][CM_DTYPE_COUNT];
     memset(dt_tensors, 0, sizeof dt_tensors);
-    for (int i = 0; i < wt_model_count(m); i++) {
+    for (int i = 0; i < wt_model_count_primary(m); i++) {
         const cm_wview *v = wt_model_view_at(m, i);
         int k = component_of(wt_model_name_at(m, i));
         tensors[k]++;
@@ -83,7 +83,7 @@ cJSON *wt_model_describe(const wt_model *m, cm_error *err)
         cJSON_AddItemToArray(files, o);
     }
     cJSON_AddNumberToObject(root, "file_size", (double)size);
-    cJSON_AddNumberToObject(root, "tensors", wt_model_count(m));
+    cJSON_AddNumberToObject(root, "tensors", wt_model_count_primary(m));
 
     const cJSON *sched = wt_model_section(m, "scheduler");
     int detected = !strcmp(wt_model_config_source(m), "detected");

@@ -28,6 +28,7 @@ struct wt_model {
     char hash[16];
     char stem[256];
     const char *config_source; /* "stipple.config", "diffusers", "detected" */
+    int n_primary;             /* names [n_primary, n) are aliases; -1: none */
 };
 
 const char *wt_family_name(wt_family f)
@@ -110,6 +111,28 @@ cm_status wt_model_attach(wt_model *m, wt_file *f, cm_error *err)
     return CM_OK;
 }
 
+/* Old SD1 checkpoints (transformers < 4.x conversions) store CLIP-L as
+ * cond_stage_model.transformer.{embeddings,encoder,final_layer_norm}.*
+ * without "text_model."; expose those under the canonical name too. */
+static cm_status alias_old_clip(wt_model *m, cm_error *err)
+{
+    static const char old[] = "cond_stage_model.transformer.";
+    if (wt_model_get(m, "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight") ||
+        !wt_model_get(m, "cond_stage_model.transformer.embeddings.token_embedding.weight"))
+        return CM_OK;
+    int n = m->n;
+    m->n_primary = n;
+    char buf[1024];
+    for (int i = 0; i < n; i++) {
+        const char *s = m->names[i];
+        if (strncmp(s, old, sizeof old - 1) || !strncmp(s + sizeof old - 1, "text_model.", 11)) continue;
+        snprintf(buf, sizeof buf, "%stext_model.%s", old, s + sizeof old - 1);
+        cm_status st = wt_model_put(m, buf, m->views[i], err);
+        if (st) return st;
+    }
+    return CM_OK;
+}
+
 static void set_stem(wt_model *m)
 {
     const char *p = m->path;
@@ -136,6 +159,7 @@ wt_model *wt_model_open(const char *path, cm_error *err)
         return NULL;
     }
     set_stem(m);
+    m->n_primary = -1;
     struct stat sb;
     if (stat(path, &sb) != 0) {
         cm_error_set(err, CM_ERR_IO, "%s: cannot open model: %s", path, strerror(errno));
@@ -144,7 +168,7 @@ wt_model *wt_model_open(const char *path, cm_error *err)
     if (S_ISDIR(sb.st_mode)) {
         if (wt_diffusers_open(m, path, err)) goto fail;
     } else {
-        if (wt_model_add_file(m, path, NULL, err)) goto fail;
+        if (wt_model_add_file(m, path, NULL, err) || alias_old_clip(m, err)) goto fail;
         const char *cfg = wt_file_metadata(m->files[0], "stipple.config");
         if (cfg) {
             char what[1100];
@@ -266,6 +290,7 @@ const cm_wview *wt_model_getf(const wt_model *m, const char *fmt, ...)
 }
 
 int wt_model_count(const wt_model *m) { return m->n; }
+int wt_model_count_primary(const wt_model *m) { return m->n_primary >= 0 ? m->n_primary : m->n; }
 const char *wt_model_name_at(const wt_model *m, int i) { return m->names[i]; }
 const cm_wview *wt_model_view_at(const wt_model *m, int i) { return m->views[i]; }
 

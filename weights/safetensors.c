@@ -74,6 +74,16 @@ static cm_status parse_header(wt_file *f, cm_error *err)
                             P, f->size);
     uint64_t hn = 0;
     for (int i = 7; i >= 0; i--) hn = (hn << 8) | f->map[i];
+    /* Formats people mistake for safetensors get a message that says so
+     * (only when the bytes are not a plausible safetensors header). */
+    int plausible = hn > 0 && hn <= f->size - 8 && f->map[8] == '{';
+    if (!plausible && (!memcmp(f->map, "PK\x03\x04", 4) || (f->map[0] == 0x80 && f->map[1] >= 2 && f->map[1] <= 5)))
+        return cm_error_set(err, CM_ERR_UNSUPPORTED,
+                            "%s: a PyTorch pickle checkpoint (.ckpt/.pt), not safetensors: convert it to "
+                            ".safetensors first",
+                            P);
+    if (!plausible && !memcmp(f->map, "GGUF", 4))
+        return cm_error_set(err, CM_ERR_UNSUPPORTED, "%s: a GGUF file, not safetensors: not supported yet", P);
     if (hn == 0)
         return cm_error_set(err, CM_ERR_FORMAT, "%s: header length is 0: not a safetensors file", P);
     if (hn > f->size - 8)

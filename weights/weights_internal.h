@@ -26,6 +26,9 @@ void wt_hash_free(wt_hash *h);
 cm_status wt_model_put(wt_model *m, const char *name, const cm_wview *v, cm_error *err);
 void wt_model_set_config(wt_model *m, cJSON *config);
 int wt_model_nfiles(const wt_model *m);
+/* Names [0, count_primary) are distinct tensors; the rest are aliases
+ * (old CLIP naming exposed under the canonical name too). */
+int wt_model_count_primary(const wt_model *m);
 /* Where the config came from: "stipple.config", "diffusers" or "detected". */
 const char *wt_model_config_source(const wt_model *m);
 /* Own an open file (closed with the model, also on failure here) without
