@@ -341,7 +341,15 @@ static cm_status read_config(df_unet *u, const cJSON *c, cm_error *err)
         u->sdxl = 1;
         u->add_time_dim = wt_cfg_int(c, "addition_time_embed_dim", 256);
         u->add_in_dim = wt_cfg_int(c, "projection_class_embeddings_input_dim", 2816);
+        /* SDXL base: 6 time ids (original size, crop, target size); the
+         * refiner has 5. The pooled width tells them apart when the text
+         * encoder's config gives it. */
         u->n_time_ids = 6;
+        int proj = wt_cfg_int(wt_model_section(u->m, "text_encoder_2"), "projection_dim", 0);
+        if (proj > 0 && u->add_time_dim > 0 && u->add_in_dim > proj &&
+            (u->add_in_dim - proj) % u->add_time_dim == 0 &&
+            (u->add_in_dim - proj) / u->add_time_dim <= 16)
+            u->n_time_ids = (u->add_in_dim - proj) / u->add_time_dim;
         u->pooled_dim = u->add_in_dim - u->n_time_ids * u->add_time_dim;
         if (u->add_time_dim < 2 || u->add_time_dim % 2 || u->pooled_dim < 1)
             return cm_error_set(err, CM_ERR_FORMAT,
@@ -531,53 +539,70 @@ static float *carve(carver *c, size_t nfloats)
 
 static size_t hw_at(int h, int w, int l) { return (size_t)(h >> l) * (size_t)(w >> l); }
 
-static void layout(df_unet *u, carver *c, int B, int h, int w)
+/* Lays out every activation buffer of a (B, h, w) call; assigns the
+ * pointers into dst unless dst is NULL (counting only). */
+static void layout(df_unet *dst, const df_unet *u, carver *c, int B, int h, int w)
 {
-    size_t S = 0, F = 0, maxc = 0;
+#define SET(field, value)                                                      \
+    do {                                                                       \
+        float *p_ = (value);                                                   \
+        if (dst) dst->field = p_;                                              \
+    } while (0)
+    /* Sw: cat(h, skip) and the ResBlock's first GroupNorm (CAT, T0);
+     * Sp: a block output, an upsampled one, conv_out's (P, Q, T1);
+     * Sn: level-width temporaries (T2 shortcut, T3/T4 keys/values). */
+    size_t Sw = 0, Sp = 0, Sn = 0, F = 0, maxc = 0;
     for (int l = 0; l < u->nlev; l++) {
-        int here = u->ch[l];
-        int below = l > 0 ? u->ch[l - 1] : here, above = l + 1 < u->nlev ? u->ch[l + 1] : here;
-        /* widest tensor at level l: the up path's cat(h, skip) */
-        size_t wmax = (size_t)(here > above ? here : above) + (size_t)(here > below ? here : below);
-        if (l == 0 && (size_t)u->in_ch > wmax) wmax = (size_t)u->in_ch;
-        if (l == 0 && (size_t)u->out_ch > wmax) wmax = (size_t)u->out_ch;
+        size_t here = (size_t)u->ch[l];
+        size_t below = l > 0 ? (size_t)u->ch[l - 1] : here;
+        size_t above = l + 1 < u->nlev ? (size_t)u->ch[l + 1] : here;
+        size_t wp = here > above ? here : above;
+        size_t wmax = wp + (here > below ? here : below);
+        if (l == 0) {
+            if ((size_t)u->in_ch > wmax) wmax = (size_t)u->in_ch;
+            if ((size_t)u->out_ch > wp) wp = (size_t)u->out_ch;
+        }
         size_t n = (size_t)B * hw_at(h, w, l);
-        if (n * wmax > S) S = n * wmax;
+        if (n * wmax > Sw) Sw = n * wmax;
+        if (n * wp > Sp) Sp = n * wp;
+        if (n * here > Sn) Sn = n * here;
         size_t rows = n < FF_CHUNK ? n : FF_CHUNK;
-        if (rows * 4 * (size_t)here > F) F = rows * 4 * (size_t)here;
-        if ((size_t)here > maxc) maxc = (size_t)here;
+        if (rows * 4 * here > F) F = rows * 4 * here;
+        if (here > maxc) maxc = here;
     }
-    u->P = carve(c, S);
-    u->Q = carve(c, S);
-    u->CAT = carve(c, S);
-    u->T0 = carve(c, S);
-    u->T1 = carve(c, S);
-    u->T2 = carve(c, S);
-    u->T3 = carve(c, S);
-    u->T4 = carve(c, S);
-    u->F1 = carve(c, 2 * F);
-    u->F2 = carve(c, F);
+    SET(CAT, carve(c, Sw));
+    SET(T0, carve(c, Sw));
+    SET(P, carve(c, Sp));
+    SET(Q, carve(c, Sp));
+    SET(T1, carve(c, Sp));
+    SET(T2, carve(c, Sn));
+    SET(T3, carve(c, Sn));
+    SET(T4, carve(c, Sn));
+    SET(F1, carve(c, 2 * F));
+    SET(F2, carve(c, F));
     for (int k = 0; k < u->n_in; k++) {
         const ldm_block *b = &u->inb[k];
         int lev = b->level + (b->down ? 1 : 0);
-        u->skip[k] = carve(c, (size_t)B * hw_at(h, w, lev) * (size_t)b->cout);
+        float *p = carve(c, (size_t)B * hw_at(h, w, lev) * (size_t)b->cout);
+        if (dst) dst->skip[k] = p;
     }
     size_t tv = (size_t)u->tproj_dim;
     if (u->sdxl && (size_t)u->n_time_ids * (size_t)u->add_time_dim > tv)
         tv = (size_t)u->n_time_ids * (size_t)u->add_time_dim;
-    u->emb = carve(c, (size_t)B * (size_t)u->temb_dim);
-    u->emb_silu = carve(c, (size_t)B * (size_t)u->temb_dim);
-    u->aug = carve(c, (size_t)B * (size_t)u->temb_dim);
-    u->tproj = carve(c, (size_t)B * maxc);
-    u->tvec = carve(c, (size_t)B * tv);
-    u->addin = carve(c, (size_t)B * (size_t)(u->sdxl ? u->add_in_dim : 1));
+    SET(emb, carve(c, (size_t)B * (size_t)u->temb_dim));
+    SET(emb_silu, carve(c, (size_t)B * (size_t)u->temb_dim));
+    SET(aug, carve(c, (size_t)B * (size_t)u->temb_dim));
+    SET(tproj, carve(c, (size_t)B * maxc));
+    SET(tvec, carve(c, (size_t)B * tv));
+    SET(addin, carve(c, (size_t)B * (size_t)(u->sdxl ? u->add_in_dim : 1)));
+#undef SET
 }
 
 /* Buffers for (B, h, w): reuses the block when it is big enough. */
 static cm_status plan(df_unet *u, int B, int h, int w, cm_error *err)
 {
     carver c = {NULL, 0};
-    layout(u, &c, B, h, w);
+    layout(NULL, u, &c, B, h, w);
     if (c.off > u->act_cap) {
         cm_free(u->act);
         u->act_cap = 0;
@@ -587,8 +612,19 @@ static cm_status plan(df_unet *u, int B, int h, int w, cm_error *err)
     }
     c.base = u->act;
     c.off = 0;
-    layout(u, &c, B, h, w);
+    layout(u, u, &c, B, h, w);
     return CM_OK;
+}
+
+size_t df_unet_work_bytes(const df_unet *u, int B, int h, int w, int T)
+{
+    if (B < 1 || h < 1 || w < 1 || T < 1) return 0;
+    carver c = {NULL, 0};
+    layout(NULL, u, &c, B, h, w);
+    size_t kv = 0;
+    for (int i = 0; i < u->n_xf; i++)
+        kv += 2 * (size_t)u->xf[i]->depth * (size_t)B * (size_t)T * (size_t)u->xf[i]->C;
+    return c.off + (kv + (size_t)B * (size_t)T * (size_t)u->ctx_dim) * sizeof(float);
 }
 
 /* Cross-attention keys/values of every transformer block for this

@@ -372,6 +372,12 @@ START_TEST(unet_bad_inputs)
     df_unet *u = df_unet_create(m, &err);
     ck_assert_msg(u != NULL, "%s", err.msg);
     ck_assert_int_eq(df_unet_size_multiple(u), 4);
+    size_t small = df_unet_work_bytes(u, 2, 8, 12, 1), big = df_unet_work_bytes(u, 2, 16, 24, 1);
+    ck_assert(small > (size_t)2 * 8 * 12 * 32 * sizeof(float));
+    ck_assert(big > 3 * small); /* activations grow with the area */
+    small = df_unet_work_bytes(u, 2, 8, 12, 77);
+    ck_assert(df_unet_work_bytes(u, 2, 8, 12, 154) > small);
+    ck_assert_uint_eq(df_unet_work_bytes(u, 0, 8, 12, 77), 0);
     unet_gold g;
     gold_load("golden/sdxl-tiny/unet.safetensors", 1, &g);
     float out[2 * 4 * 8 * 12];
