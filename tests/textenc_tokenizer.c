@@ -6,6 +6,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "textenc.h"
 
@@ -48,7 +49,7 @@ START_TEST(tokenizer_golden_ids)
     te_tokenizer *tok = te_tokenizer_create(&err);
     double ms = (cm_time_now() - t0) * 1e3;
     ck_assert_msg(tok, "%s", err.msg);
-    fprintf(stderr, "te_tokenizer_create: %.1f ms\n", ms);
+    fprintf(stderr, "te_tokenizer_create (first): %.1f ms wall\n", ms);
 
     int rows = 0, bad = 0, bad_sd2 = 0;
     for (char *line = data; line && *line;) {
@@ -105,20 +106,25 @@ START_TEST(tokenizer_golden_ids)
 }
 END_TEST
 
+/* Creation must be well under 100 ms. Measured in process CPU time (best of
+ * 3) so that a loaded test machine does not make it flaky. */
 START_TEST(tokenizer_create_fast)
 {
     cm_error err = {0};
-    double best = 1e9;
+    double best = 1e9, best_wall = 1e9;
     for (int i = 0; i < 3; i++) {
         double t0 = cm_time_now();
+        clock_t c0 = clock();
         te_tokenizer *tok = te_tokenizer_create(&err);
-        double dt = cm_time_now() - t0;
+        double dt = (double)(clock() - c0) / CLOCKS_PER_SEC, dw = cm_time_now() - t0;
         ck_assert_msg(tok, "%s", err.msg);
         te_tokenizer_free(tok);
         if (dt < best) best = dt;
+        if (dw < best_wall) best_wall = dw;
     }
-    fprintf(stderr, "te_tokenizer_create best of 3: %.1f ms\n", best * 1e3);
-    ck_assert_msg(best < 0.1, "tokenizer creation took %.1f ms", best * 1e3);
+    fprintf(stderr, "te_tokenizer_create best of 3: %.1f ms CPU, %.1f ms wall\n", best * 1e3,
+            best_wall * 1e3);
+    ck_assert_msg(best < 0.05, "tokenizer creation took %.1f ms CPU", best * 1e3);
 }
 END_TEST
 
