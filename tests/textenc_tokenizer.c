@@ -190,6 +190,47 @@ START_TEST(tokenizer_limits)
 }
 END_TEST
 
+/* Pairs the reference pipeline maps to the same ids (ftfy 6, html.unescape,
+ * str.lower(), NFC), beyond what the golden prompts exercise. */
+START_TEST(tokenizer_equivalences)
+{
+    static const char *const pairs[][2] = {
+        {"\xce\x9f\xce\x94\xce\x9f\xce\xa3 \xce\xa3\xce\x91",     /* ΟΔΟΣ ΣΑ: final sigma */
+         "\xce\xbf\xce\xb4\xce\xbf\xcf\x82 \xcf\x83\xce\xb1"},    /* οδος σα */
+        {"\xc4\xb0", "i\xcc\x87"},                     /* İ -> i + U+0307 */
+        {"\xef\xbc\xa1\xef\xbc\xa2\xef\xbc\xa3", "abc"},   /* fullwidth */
+        {"e\xcc\x81", "\xc3\xa9"},                     /* NFC */
+        {"\xe1\x84\x92\xe1\x85\xa1\xe1\x86\xab", "\xed\x95\x9c"}, /* Hangul jamo -> 한 */
+        {"&lt;&#60;&#x3C;&LT", "<<<<"},                 /* html.unescape forms */
+        {"&amp;amp;amp;amp;", "&"},                     /* ftfy's pass repeats */
+        {"&NTILDE;", "\xc3\x91"},                       /* ftfy's upper-case names */
+        {"\xe2\x80\x9cq\xe2\x80\x9d \xe2\x80\x98s\xe2\x80\x99", "\"q\" 's'"}, /* curly quotes */
+        {"\x1b[31mred\x1b[0m", "red"},                  /* terminal escapes */
+        {"a\r\nb\xe2\x80\xa8" "c", "a b c"},           /* line breaks */
+        {"\xef\xac\x83", "ffi"},                         /* ligature */
+        {"\xc2\x93x\xc2\x94", "\"x\""},                /* C1 controls read as cp1252 */
+    };
+    cm_error err = {0};
+    te_tokenizer *tok = te_tokenizer_create(&err);
+    ck_assert(tok);
+    for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++) {
+        int32_t *a = NULL, *b = NULL;
+        int na = 0, nb = 0;
+        ck_assert_int_eq(te_tokenize(tok, pairs[i][0], &a, &na, &err), CM_OK);
+        ck_assert_int_eq(te_tokenize(tok, pairs[i][1], &b, &nb, &err), CM_OK);
+        int same = na == nb && !memcmp(a, b, (size_t)na * sizeof *a);
+        if (!same) {
+            print_ids(pairs[i][0], a, na);
+            print_ids(pairs[i][1], b, nb);
+        }
+        ck_assert_msg(same, "pair %zu tokenizes differently", i);
+        cm_free(a);
+        cm_free(b);
+    }
+    te_tokenizer_free(tok);
+}
+END_TEST
+
 START_TEST(tokenizer_cli)
 {
     char *out = NULL, *errs = NULL;
@@ -210,6 +251,12 @@ START_TEST(tokenizer_cli)
     ck_assert_str_eq(cJSON_GetArrayItem(toks, 1)->valuestring, "hello</w>");
     ck_assert_str_eq(cJSON_GetArrayItem(toks, 3)->valuestring, "!</w>");
     cJSON_Delete(j);
+    cm_free(out);
+    cm_free(errs);
+    /* invalid UTF-8: still ids, and a warning naming the byte */
+    snprintf(cmd, sizeof cmd, "'%s' tokenize \"$(printf 'ab\\377cd')\"", tu_stipple());
+    ck_assert_int_eq(tu_run(cmd, &out, &errs), 0);
+    ck_assert_msg(errs && strstr(errs, "invalid UTF-8 from byte 2"), "stderr: %s", errs ? errs : "");
     cm_free(out);
     cm_free(errs);
     /* usage errors exit 2 */
@@ -238,6 +285,7 @@ TCase *tc_textenc_tokenizer(void)
     tcase_add_test(tc, tokenizer_golden_ids);
     tcase_add_test(tc, tokenizer_create_fast);
     tcase_add_test(tc, tokenizer_limits);
+    tcase_add_test(tc, tokenizer_equivalences);
     tcase_add_test(tc, tokenizer_cli);
     return tc;
 }
