@@ -31,6 +31,7 @@
 #include "diffusion.h"
 
 #include <math.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -695,14 +696,11 @@ static void sinusoidal(const float *t, int n, int dim, int flip, float shift, fl
         }
 }
 
-typedef struct {
-    const df_unet_input *in;
-    int B;
-} fwd;
-
-static void hook(const fwd *f, const char *name, const float *d, int B, int h, int w, int C)
+/* The debug hook, when the caller set one (NHWC data, see diffusion.h). */
+static void hook(const df_unet_input *in, const char *name, const float *d, int B, int h, int w,
+                 int C)
 {
-    if (f->in->debug) f->in->debug(f->in->debug_user, name, d, B, h, w, C);
+    if (in->debug) in->debug(in->debug_user, name, d, B, h, w, C);
 }
 
 /* ResnetBlock2D: y = conv2(silu(gn2(conv1(silu(gn1(x))) + emb_proj))) +
@@ -820,20 +818,19 @@ cm_status df_unet_forward(df_unet *u, const df_unet_input *in, float *out, cm_er
     int B = in->B, h = in->h, w = in->w;
     if ((st = plan(u, B, h, w, err))) return st;
     if ((st = set_context(u, in->context, B, in->T, err))) return st;
-    fwd f = {in, B};
     int Td = u->temb_dim;
 
     /* time embedding (+ SDXL's size/crop/pooled-text embedding) */
     sinusoidal(in->timesteps, B, u->tproj_dim, u->flip_sin_to_cos, u->freq_shift, u->tvec);
-    hook(&f, "time_proj", u->tvec, B, 1, 1, u->tproj_dim);
+    hook(in, "time_proj", u->tvec, B, 1, 1, u->tproj_dim);
     cm_linear(u->tvec, u->tproj_dim, B, u->tproj_dim, u->time1.w, u->time1.b, CM_ACT_SILU, NULL,
               u->emb_silu, Td);
     cm_linear(u->emb_silu, Td, B, Td, u->time2.w, u->time2.b, CM_ACT_NONE, NULL, u->emb, Td);
-    hook(&f, "time_embedding", u->emb, B, 1, 1, Td);
+    hook(in, "time_embedding", u->emb, B, 1, 1, Td);
     if (u->sdxl) {
         int nt = u->n_time_ids, ad = u->add_time_dim, pd = u->pooled_dim;
         sinusoidal(in->time_ids, B * nt, ad, u->flip_sin_to_cos, u->freq_shift, u->tvec);
-        hook(&f, "add_time_proj", u->tvec, B * nt, 1, 1, ad);
+        hook(in, "add_time_proj", u->tvec, B * nt, 1, 1, ad);
         for (int b = 0; b < B; b++) {
             float *row = u->addin + (size_t)b * u->add_in_dim;
             memcpy(row, in->text_embeds + (size_t)b * pd, (size_t)pd * sizeof(float));
@@ -842,7 +839,7 @@ cm_status df_unet_forward(df_unet *u, const df_unet_input *in, float *out, cm_er
         cm_linear(u->addin, u->add_in_dim, B, u->add_in_dim, u->label1.w, u->label1.b,
                   CM_ACT_SILU, NULL, u->emb_silu, Td);
         cm_linear(u->emb_silu, Td, B, Td, u->label2.w, u->label2.b, CM_ACT_NONE, NULL, u->aug, Td);
-        hook(&f, "add_embedding", u->aug, B, 1, 1, Td);
+        hook(in, "add_embedding", u->aug, B, 1, 1, Td);
         for (int64_t i = 0; i < (int64_t)B * Td; i++) u->emb[i] += u->aug[i];
     }
     for (int64_t i = 0; i < (int64_t)B * Td; i++)
@@ -862,7 +859,7 @@ cm_status df_unet_forward(df_unet *u, const df_unet_input *in, float *out, cm_er
     }
     cm_conv2d(u->CAT, B, h, w, u->in_ch, u->conv_in.w, u->conv_in.b, (cm_conv_params){1, 1}, NULL,
               u->skip[0]);
-    hook(&f, "conv_in", u->skip[0], B, h, w, u->ch[0]);
+    hook(in, "conv_in", u->skip[0], B, h, w, u->ch[0]);
 
     /* down path: every block's output is a skip connection */
     const float *cur = u->skip[0];
@@ -881,7 +878,7 @@ cm_status df_unet_forward(df_unet *u, const df_unet_input *in, float *out, cm_er
         if (b->down || (k == u->n_in - 1)) {
             int lo = l + b->down;
             snprintf(name, sizeof name, "down_blocks.%d", l);
-            hook(&f, name, cur, B, h >> lo, w >> lo, b->cout);
+            hook(in, name, cur, B, h >> lo, w >> lo, b->cout);
         }
         if (cm_interrupted) return cm_error_set(err, CM_ERR_INTERRUPTED, "interrupted");
     }
@@ -891,7 +888,7 @@ cm_status df_unet_forward(df_unet *u, const df_unet_input *in, float *out, cm_er
     res_forward(u, &u->mid_res0.res, cur, B, Ht, Wt, u->P);
     xformer_forward(u, u->mid_attn, u->P, B, (int64_t)Ht * Wt, in->T);
     res_forward(u, &u->mid_res1.res, u->P, B, Ht, Wt, u->Q);
-    hook(&f, "mid_block", u->Q, B, Ht, Wt, Ct);
+    hook(in, "mid_block", u->Q, B, Ht, Wt, Ct);
 
     /* up path: cat(h, skip) -> ResBlock [-> transformer] [-> upsample] */
     float *hc = u->Q, *spare = u->P;
@@ -924,7 +921,7 @@ cm_status df_unet_forward(df_unet *u, const df_unet_input *in, float *out, cm_er
         }
         if (o % (u->L + 1) == u->L) {
             snprintf(name, sizeof name, "up_blocks.%d", i);
-            hook(&f, name, hc, B, h >> lo, w >> lo, cc);
+            hook(in, name, hc, B, h >> lo, w >> lo, cc);
         }
         if (cm_interrupted) return cm_error_set(err, CM_ERR_INTERRUPTED, "interrupted");
     }
@@ -932,7 +929,7 @@ cm_status df_unet_forward(df_unet *u, const df_unet_input *in, float *out, cm_er
     /* out: GroupNorm, SiLU, conv_out, NHWC -> NCHW */
     int C0 = u->ch[0];
     cm_group_norm(hc, u->T0, B, HW, C0, u->groups, u->eps, u->norm_out.w, u->norm_out.b, 0);
-    hook(&f, "conv_norm_out", u->T0, B, h, w, C0);
+    hook(in, "conv_norm_out", u->T0, B, h, w, C0);
     cm_act_inplace(u->T0, B * HW * C0, CM_ACT_SILU);
     cm_conv2d(u->T0, B, h, w, C0, u->conv_out.w, u->conv_out.b, (cm_conv_params){1, 1}, NULL,
               u->T1);
