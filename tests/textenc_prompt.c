@@ -201,6 +201,18 @@ START_TEST(prompt_chunks_basic)
     check_chunk(&c, 1, toks, w, 0, 0);
     te_chunks_release(&c);
 
+    /* extra networks are removed as A1111 removes them; other <...> stays */
+    ck_assert_int_eq(te_prompt_chunks(t, "a <lora:some_lora:0.8>cat<hypernet:x:1>", TE_EOS, &c, &err),
+                     CM_OK);
+    ck_assert_int_eq(c.nchunks, 1);
+    toks[0] = A, toks[1] = CAT, w[0] = w[1] = 1.0f;
+    check_chunk(&c, 0, toks, w, 2, TE_EOS);
+    te_chunks_release(&c);
+    ck_assert_int_eq(te_prompt_chunks(t, "<a> <:b> <c:>", TE_EOS, &c, &err), CM_OK);
+    ck_assert_int_gt(c.ids[1], 0);
+    ck_assert_int_ne(c.ids[1], TE_EOS);
+    te_chunks_release(&c);
+
     /* a literal <|endoftext|> with pad 0: padding starts after the first EOS */
     ck_assert_int_eq(te_prompt_chunks(t, "a <|endoftext|> cat", 0, &c, &err), CM_OK);
     ck_assert_int_eq(c.ids[1], A);
@@ -319,7 +331,8 @@ START_TEST(prompt_limits)
     ck_assert_int_eq(te_prompt_chunks(t, NULL, TE_EOS, &c, &err), CM_ERR_USAGE);
     ck_assert_int_eq(te_prompt_chunks(NULL, "x", TE_EOS, &c, &err), CM_ERR_USAGE);
     static const char *odd[] = {"((((((((((", "))))]]]]", "(:)", "(:1.)", "(x:.)", "\\", "(\\",
-                                "[(])", "\xff(\xfe:1)", "BREAK BREAK BREAK", "(BREAK:0.5)"};
+                                "[(])", "\xff(\xfe:1)", "BREAK BREAK BREAK", "(BREAK:0.5)",
+                                "[cat:dog:0.5] AND [a|b]", "<lora:", "<x:y", "<<lora:a:1>>"};
     for (size_t i = 0; i < sizeof odd / sizeof odd[0]; i++) {
         ck_assert_int_eq(te_prompt_chunks(t, odd[i], 0, &c, &err), CM_OK);
         ck_assert_int_ge(c.nchunks, 1);

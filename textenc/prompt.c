@@ -30,7 +30,8 @@
  * EOS and padding. An empty prompt is one chunk.
  *
  * A1111 raises on a weight that Python's float() rejects (":1.2.3)"); here
- * the match stays text and a warning says so.
+ * the match stays text and a warning says so. Extra networks, prompt
+ * editing and AND: see prompt_preprocess below.
  */
 #include "textenc_internal.h"
 
@@ -367,6 +368,70 @@ static cm_status emit_chunk(te_chunks *c, chunk_acc *acc, int32_t pad_id, cm_err
     return CM_OK;
 }
 
+/* ------------------------------------------------------------------------
+ * A1111 syntax outside parse_prompt_attention
+ *
+ * A1111 reads three more constructs before the attention parser; stipple
+ * implements none of them, and says so instead of misreading silently:
+ *   <name:args>          extra networks (LoRA, hypernetworks): A1111 removes
+ *                        them from the text (extra_networks.parse_prompt,
+ *                        <(\w+):([^>]+)>); so do we, with a warning
+ *   [a:b:when] [a|b]     prompt editing / alternation: kept as text
+ *   AND                  composable diffusion: kept as the word "and"
+ * ---------------------------------------------------------------------- */
+
+static int is_word_at(const char *s, size_t n, size_t i, size_t *len)
+{
+    return te_is_word_py(cp_at(s, n, i, len));
+}
+
+/* A copy of s without extra-network tags; warnings for the rest. */
+static char *prompt_preprocess(const char *s, cm_error *err)
+{
+    size_t n = strlen(s), o = 0, l;
+    char *out = cm_alloc(n + 1, "prompt", err);
+    if (!out) return NULL;
+    for (size_t i = 0; i < n;) {
+        if (s[i] == '<') {
+            size_t k = i + 1;
+            while (k < n && is_word_at(s, n, k, &l)) k += l;
+            const char *gt = k > i + 1 && k + 1 < n && s[k] == ':' && s[k + 1] != '>'
+                                 ? memchr(s + k + 1, '>', n - k - 1)
+                                 : NULL;
+            if (gt) {
+                size_t e = (size_t)(gt - s) + 1;
+                cm_warn("prompt: extra network \"%.*s\" is not supported; removed from the prompt "
+                        "(as A1111 removes it from the text)", (int)(e - i > 80 ? 80 : e - i), s + i);
+                i = e;
+                continue;
+            }
+        }
+        out[o++] = s[i++];
+    }
+    out[o] = 0;
+    int depth = 0, editing = 0;
+    for (size_t i = 0; i < o; i++) {
+        char c = out[i];
+        if (c == '\\') i++;
+        else if (c == '[') depth++;
+        else if (c == ']' && depth > 0) depth--;
+        else if (depth > 0 && (c == ':' || c == '|')) editing = 1;
+    }
+    if (editing)
+        cm_warn("prompt: A1111 prompt editing / alternation ([a:b:when], [a|b]) is not supported; "
+                "the text inside [ ] is used as it stands, weighted /1.1");
+    for (size_t i = 0; i + 3 <= o; i++) {
+        if (memcmp(out + i, "AND", 3)) continue;
+        if ((i == 0 || !te_is_word_py(cp_before(out, i, &l))) &&
+            (i + 3 == o || !is_word_at(out, o, i + 3, &l))) {
+            cm_warn("prompt: composable diffusion (AND) is not supported; \"AND\" is read as the "
+                    "word \"and\"");
+            break;
+        }
+    }
+    return out;
+}
+
 cm_status te_prompt_chunks_ex(const te_tokenizer *t, const char *prompt, int32_t pad_id,
                               unsigned flags, te_chunks *out, cm_error *err)
 {
@@ -374,7 +439,10 @@ cm_status te_prompt_chunks_ex(const te_tokenizer *t, const char *prompt, int32_t
     if (!t || !prompt) return cm_error_set(err, CM_ERR_USAGE, "te_prompt_chunks: no tokenizer or prompt");
     parts res = {0};
     chunk_acc acc = {.n = 0};
-    cm_status st = parse_prompt_attention(prompt, &res, err);
+    char *text = prompt_preprocess(prompt, err);
+    if (!text) return err ? err->status : CM_ERR_NOMEM;
+    cm_status st = parse_prompt_attention(text, &res, err);
+    cm_free(text);
     if (st != CM_OK) goto fail;
     int last_comma = -1;
     for (int pi = 0; pi < res.n; pi++) {
