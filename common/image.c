@@ -47,6 +47,69 @@
  * type"). JPEG: the first SOF's size and component count, and whether an
  * Adobe APP14 segment precedes it. Returns 0: not PNG/JPEG, 1: ok, -1:
  * header unreadable. */
+/* DHT segment: every table's class/id in range, at most 256 codes, and
+ * the table inside the segment. stb 2.27 checks none of the first three
+ * and overwrites its decoder state when a table has more than 256 codes. */
+static int jpeg_dht_ok(const unsigned char *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        if (n - i < 17) return 0;
+        int tc = s[i] >> 4, th = s[i] & 15;
+        if (tc > 1 || th > 3) return 0;
+        size_t codes = 0;
+        for (int k = 1; k <= 16; k++) codes += s[i + (size_t)k];
+        if (codes > 256 || n - i - 17 < codes) return 0;
+        i += 17 + codes;
+    }
+    return 1;
+}
+
+/* Walk every marker segment of a JPEG (through all scans, for progressive
+ * files): the first SOF's size and component count, whether an Adobe APP14
+ * segment precedes it, and every DHT checked. Returns 1 or -1 (malformed). */
+static int jpeg_walk(const unsigned char *p, size_t n, uint32_t *w, uint32_t *h, int *ncomp,
+                     int *adobe)
+{
+    size_t i = 2;
+    int have_sof = 0;
+    while (i + 2 <= n) {
+        if (p[i] != 0xff) return -1;
+        unsigned m = p[i + 1];
+        if (m == 0xff) { /* fill byte */
+            i++;
+            continue;
+        }
+        if (m == 0xd9) break; /* EOI */
+        if (m == 0xd8 || (m >= 0xd0 && m <= 0xd7) || m == 0x01) {
+            i += 2;
+            continue;
+        }
+        if (i + 4 > n) break; /* truncated: stb reports it */
+        size_t len = (size_t)p[i + 2] << 8 | p[i + 3];
+        if (len < 2 || i + 2 + len > n) return -1;
+        const unsigned char *seg = p + i + 4;
+        size_t sl = len - 2;
+        if (m == 0xee && !have_sof && sl >= 5 && memcmp(seg, "Adobe", 5) == 0) *adobe = 1;
+        if (m == 0xc4 && !jpeg_dht_ok(seg, sl)) return -1;
+        if (m >= 0xc0 && m <= 0xcf && m != 0xc4 && m != 0xc8 && m != 0xcc && !have_sof) {
+            if (sl < 6) return -1;
+            *h = (uint32_t)seg[1] << 8 | seg[2];
+            *w = (uint32_t)seg[3] << 8 | seg[4];
+            *ncomp = seg[5];
+            have_sof = 1;
+        }
+        i += 2 + len;
+        if (m == 0xda) { /* entropy-coded data up to the next real marker */
+            while (i + 1 < n && !(p[i] == 0xff && p[i + 1] != 0x00 &&
+                                  !(p[i + 1] >= 0xd0 && p[i + 1] <= 0xd7)))
+                i++;
+            if (i + 1 >= n) break;
+        }
+    }
+    return have_sof ? 1 : -1;
+}
+
 enum { KIND_PNG = 1, KIND_JPEG = 2 };
 
 static int sniff(const unsigned char *p, size_t n, int *kind, uint32_t *w, uint32_t *h,
@@ -65,34 +128,27 @@ static int sniff(const unsigned char *p, size_t n, int *kind, uint32_t *w, uint3
     }
     if (n < 3 || p[0] != 0xff || p[1] != 0xd8 || p[2] != 0xff) return 0;
     *kind = KIND_JPEG;
-    size_t i = 2;
-    while (i + 4 <= n) {
-        if (p[i] != 0xff) return -1;
-        unsigned m = p[i + 1];
-        if (m == 0xff) { /* fill byte */
-            i++;
-            continue;
+    return jpeg_walk(p, n, w, h, ncomp, adobe);
+}
+
+/* PNG: every chunk's length must fit in the buffer. stb trusts an IDAT's
+ * length and grows its buffer to it before reading, so a 60-byte file
+ * could make it allocate gigabytes. Returns the offset of the first bad
+ * chunk, or 0. */
+static size_t png_bad_chunk(const unsigned char *p, size_t n, uint32_t *len_out)
+{
+    size_t pos = 8;
+    while (n - pos >= 8) {
+        uint32_t len = (uint32_t)p[pos] << 24 | (uint32_t)p[pos + 1] << 16 |
+                       (uint32_t)p[pos + 2] << 8 | p[pos + 3];
+        if (len > 0x7fffffffu || n - pos < 12 || (size_t)len > n - pos - 12) {
+            *len_out = len;
+            return pos;
         }
-        if (m == 0xd8 || (m >= 0xd0 && m <= 0xd7) || m == 0x01) {
-            i += 2;
-            continue;
-        }
-        if (m == 0xd9 || m == 0xda) return -1; /* EOI / SOS before any SOF */
-        size_t len = (size_t)p[i + 2] << 8 | p[i + 3];
-        if (len < 2 || i + 2 + len > n) return -1;
-        const unsigned char *seg = p + i + 4;
-        size_t sl = len - 2;
-        if (m == 0xee && sl >= 5 && memcmp(seg, "Adobe", 5) == 0) *adobe = 1;
-        if ((m >= 0xc0 && m <= 0xcf) && m != 0xc4 && m != 0xc8 && m != 0xcc) {
-            if (sl < 6) return -1;
-            *h = (uint32_t)seg[1] << 8 | seg[2];
-            *w = (uint32_t)seg[3] << 8 | seg[4];
-            *ncomp = seg[5];
-            return 1;
-        }
-        i += 2 + len;
+        if (memcmp(p + pos + 4, "IEND", 4) == 0) break;
+        pos += 12 + (size_t)len;
     }
-    return -1;
+    return 0;
 }
 
 static const char *stb_reason(void)
@@ -117,6 +173,12 @@ cm_status cm_image_read_mem(const void *data, size_t n, const char *name, cm_ima
     if (sn == 0) return cm_error_set(err, CM_ERR_FORMAT, "%s: not a PNG or JPEG image", name);
     if (sn < 0)
         return cm_error_set(err, CM_ERR_FORMAT, "%s: corrupt %s: cannot read its header", name, fmt);
+    uint32_t clen = 0;
+    size_t bad = kind == KIND_PNG ? png_bad_chunk(p, n, &clen) : 0;
+    if (bad)
+        return cm_error_set(err, CM_ERR_FORMAT,
+                            "%s: corrupt PNG: the chunk at byte %zu claims %u bytes, only %zu remain",
+                            name, bad, clen, n - bad < 12 ? 0 : n - bad - 12);
     if (hw == 0 || hh == 0)
         return cm_error_set(err, CM_ERR_FORMAT, "%s: image has zero size (%ux%u)", name, hw, hh);
     if (hw > (1u << 24) || hh > (1u << 24) || (size_t)hw * hh > CM_IMAGE_MAX_PIXELS)
@@ -135,42 +197,38 @@ cm_status cm_image_read_mem(const void *data, size_t n, const char *name, cm_ima
     if (!cm_mul_size(pixels, 3, &nfloat) || !cm_mul_size(nfloat, sizeof(float), &nbytes))
         return cm_error_set(err, CM_ERR_UNSUPPORTED, "%s: image too large", name);
 
-    float *rgb = cm_alloc(nbytes, name, err);
-    if (!rgb) return CM_ERR_NOMEM;
-    int w2 = 0, h2 = 0, c2 = 0;
-    if (stbi_is_16_bit_from_memory(p, len)) {
-        stbi_us *px = stbi_load_16_from_memory(p, len, &w2, &h2, &c2, 3);
-        if (!px) goto decode_fail;
-        if (w2 != w || h2 != h) {
-            stbi_image_free(px);
-            goto size_changed;
-        }
-        for (size_t i = 0; i < nfloat; i++) rgb[i] = (float)px[i] / 65535.0f;
-        stbi_image_free(px);
-    } else {
-        stbi_uc *px = stbi_load_from_memory(p, len, &w2, &h2, &c2, 3);
-        if (!px) goto decode_fail;
-        if (w2 != w || h2 != h) {
-            stbi_image_free(px);
-            goto size_changed;
-        }
-        for (size_t i = 0; i < nfloat; i++) rgb[i] = (float)px[i] / 255.0f;
-        stbi_image_free(px);
+    /* decode first, so that our buffer is only sized for data that exists */
+    int w2 = 0, h2 = 0, c2 = 0, is16 = stbi_is_16_bit_from_memory(p, len);
+    void *px = is16 ? (void *)stbi_load_16_from_memory(p, len, &w2, &h2, &c2, 3)
+                    : (void *)stbi_load_from_memory(p, len, &w2, &h2, &c2, 3);
+    if (!px) {
+        if (strcmp(stb_reason(), "outofmem") == 0)
+            return cm_error_set(err, CM_ERR_NOMEM, "%s: out of memory decoding a %dx%d image",
+                                name, w, h);
+        return cm_error_set(err, CM_ERR_FORMAT, "%s: corrupt %s: %s", name, fmt, stb_reason());
     }
+    if (w2 != w || h2 != h) {
+        stbi_image_free(px);
+        return cm_error_set(err, CM_ERR_FORMAT, "%s: corrupt %s: header says %dx%d, data %dx%d",
+                            name, fmt, w, h, w2, h2);
+    }
+    float *rgb = cm_alloc(nbytes, name, err);
+    if (!rgb) {
+        stbi_image_free(px);
+        return CM_ERR_NOMEM;
+    }
+    if (is16) {
+        const stbi_us *s16 = px;
+        for (size_t i = 0; i < nfloat; i++) rgb[i] = (float)s16[i] / 65535.0f;
+    } else {
+        const stbi_uc *s8 = px;
+        for (size_t i = 0; i < nfloat; i++) rgb[i] = (float)s8[i] / 255.0f;
+    }
+    stbi_image_free(px);
     img->w = w;
     img->h = h;
     img->rgb = rgb;
     return CM_OK;
-
-decode_fail:
-    cm_free(rgb);
-    if (strcmp(stb_reason(), "outofmem") == 0)
-        return cm_error_set(err, CM_ERR_NOMEM, "%s: out of memory decoding a %dx%d image", name, w, h);
-    return cm_error_set(err, CM_ERR_FORMAT, "%s: corrupt image: %s", name, stb_reason());
-size_changed:
-    cm_free(rgb);
-    return cm_error_set(err, CM_ERR_FORMAT, "%s: corrupt image: header says %dx%d, data %dx%d",
-                        name, w, h, w2, h2);
 }
 
 cm_status cm_image_read(const char *path, cm_image *img, cm_error *err)

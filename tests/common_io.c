@@ -359,6 +359,19 @@ START_TEST(test_image_bad)
         }
         cm_free(d);
     }
+    /* a Huffman table with more than 256 codes (stb 2.27 would overrun its
+     * tables): refused before stb sees it */
+    {
+        size_t n;
+        unsigned char *j = (unsigned char *)read_file(tu_data("images/rgb.jpg"), &n);
+        size_t i = 2;
+        while (i + 4 < n && !(j[i] == 0xff && j[i + 1] == 0xc4)) i++;
+        ck_assert(i + 21 < n);
+        memset(j + i + 5, 0xff, 16); /* 16 code counts of 255 */
+        ck_assert(cm_image_read_mem(j, n, "dht.jpg", &im, &err) == CM_ERR_FORMAT);
+        ck_assert_msg(strstr(err.msg, "dht.jpg") && strstr(err.msg, "corrupt JPEG"), "%s", err.msg);
+        cm_free(j);
+    }
     cm_alloc_fail_at(2); /* 1: the file buffer, 2: the pixels */
     ck_assert(cm_image_read(tu_data("images/rgb.png"), &im, &err) == CM_ERR_NOMEM);
     cm_alloc_fail_at(0);
