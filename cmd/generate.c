@@ -195,9 +195,12 @@ int cmd_generate(int argc, char **argv)
     if (!strcmp(o.precision, "f32")) cm_precision_set(CM_PREC_F32);
     else if (!strcmp(o.precision, "bf16")) cm_precision_set(CM_PREC_BF16);
     else return cmd_usage_error("--precision: expected f32 or bf16, got \"%s\"", o.precision);
-    if ((o.w_seen && o.width % 8) || (o.h_seen && o.height % 8))
-        return cmd_usage_error("size %dx%d: width and height must be multiples of 8 (try %dx%d)",
-                               o.width, o.height, (o.width + 4) / 8 * 8, (o.height + 4) / 8 * 8);
+    if (o.w_seen && o.width % 8)
+        return cmd_usage_error("-W %d: the width must be a multiple of 8 (try %d or %d)", o.width,
+                               o.width / 8 * 8, o.width / 8 * 8 + 8);
+    if (o.h_seen && o.height % 8)
+        return cmd_usage_error("-H %d: the height must be a multiple of 8 (try %d or %d)", o.height,
+                               o.height / 8 * 8, o.height / 8 * 8 + 8);
     int total = o.batch_count * o.batch_size;
     if (total > 1 && !cmd_template_has_fields(o.output))
         return cmd_usage_error("-o %s: %d images need a template with {n} or {seed} in the name", o.output, total);

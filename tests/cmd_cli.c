@@ -128,15 +128,16 @@ START_TEST(test_golden_pipelines)
     const cJSON *karras = cJSON_GetObjectItem(conf, "use_karras_sigmas");
     char prompt[2048], negative[2048];
     shq(cJSON_GetStringValue(cJSON_GetObjectItem(meta, "prompt")), prompt, sizeof prompt);
-    shq(cJSON_GetStringValue(cJSON_GetObjectItem(meta, "negative_prompt")), negative, sizeof negative);
+    const char *neg = cJSON_GetStringValue(cJSON_GetObjectItem(meta, "negative_prompt"));
+    shq(neg ? neg : "", negative, sizeof negative); /* None: empty (SDXL zeroes it) */
 
-    char dir[4096], noise_opt[4200] = "", cmd[16384];
+    char dir[2048], noise_opt[4200] = "", cmd[16384];
     snprintf(dir, sizeof dir, "%s/golden%d", tu_tmpdir(), _i);
     mkdir(dir, 0755);
     cm_tensor noise = {0};
     if (g->use_init_noise) {
         tu_golden(g->golden, "initial_noise", &noise);
-        char np[4200];
+        char np[2100];
         snprintf(np, sizeof np, "%s/noise.npy", dir);
         cm_error err = {0};
         ck_assert_msg(cm_npy_write(np, &noise, &err) == CM_OK, "%s", err.msg);
