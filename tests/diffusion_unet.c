@@ -183,6 +183,109 @@ START_TEST(unet_inpaint9_golden) { run_golden("sd1-inpaint-tiny", 0); }
 END_TEST
 
 /* ------------------------------------------------------------------------
+ * Pipeline goldens: every step's UNet call of a recorded run
+ * ---------------------------------------------------------------------- */
+
+/* Replays each step's UNet input (row 0 of the CFG batch, both rows equal)
+ * with the run's conditioning and compares out_uncond / out_cond. */
+static void run_steps(const char *cfg, const char *run, int sdxl)
+{
+    char gold[256], te[256];
+    snprintf(gold, sizeof gold, "golden/%s/%s.safetensors", cfg, run);
+    snprintf(te, sizeof te, "golden/%s/text_encoder.safetensors", cfg);
+    cJSON *meta = tu_golden_meta(gold);
+    const char *prompt = wt_cfg_str(meta, "prompt", "");
+    const char *neg = wt_cfg_str(meta, "negative_prompt", "");
+    ck_assert_str_eq(neg, "");
+    int row = !strcmp(prompt, "a photo of a cat") ? 0 : 1; /* P0 or P1 of the text golden */
+    int steps = wt_cfg_int(meta, "steps", 0);
+    ck_assert_int_gt(steps, 0);
+
+    cm_error err = {0};
+    wt_model *m = wt_model_open(model_path(cfg), &err);
+    ck_assert_msg(m != NULL, "%s", err.msg);
+    df_unet *u = df_unet_create(m, &err);
+    ck_assert_msg(u != NULL, "%s", err.msg);
+
+    /* context rows [uncond, cond]; SDXL zeroes the uncond row (and its
+     * pooled embedding) for an empty negative prompt */
+    cm_tensor hs = {0}, pooled = {0}, ts = {0}, tids = {0};
+    tu_golden(te, sdxl ? "prompt_embeds" : "last_hidden_state", &hs);
+    int64_t T = hs.shape[1], D = hs.shape[2];
+    float *ctx = calloc((size_t)(2 * T * D), sizeof(float));
+    ck_assert(ctx);
+    if (!sdxl) memcpy(ctx, hs.data + 3 * T * D, (size_t)(T * D) * sizeof(float));
+    memcpy(ctx + T * D, hs.data + row * T * D, (size_t)(T * D) * sizeof(float));
+    float *te_rows = NULL, time_ids[12];
+    if (sdxl) {
+        tu_golden(te, "enc2_text_embeds", &pooled);
+        int64_t P = pooled.shape[1];
+        te_rows = calloc((size_t)(2 * P), sizeof(float));
+        ck_assert(te_rows);
+        memcpy(te_rows + P, pooled.data + row * P, (size_t)P * sizeof(float));
+        tu_golden(gold, "time_ids", &tids);
+        int64_t n = cm_tensor_numel(&tids);
+        ck_assert(n == 6 || n == 12);
+        for (int i = 0; i < 12; i++) time_ids[i] = tids.data[i % n];
+    }
+    tu_golden(gold, "timesteps", &ts);
+
+    for (int i = 0; i < steps; i++) {
+        char name[64];
+        cm_tensor xin = {0}, ou = {0}, oc = {0};
+        snprintf(name, sizeof name, "step%d.unet_in", i);
+        tu_golden(gold, name, &xin);
+        int64_t n = cm_tensor_numel(&xin);
+        float *x = malloc((size_t)(2 * n) * sizeof(float)), *out = malloc((size_t)(2 * n) * sizeof(float));
+        ck_assert(x && out);
+        memcpy(x, xin.data, (size_t)n * sizeof(float));
+        memcpy(x + n, xin.data, (size_t)n * sizeof(float));
+        float t[2];
+        t[0] = t[1] = ts.data[i];
+        df_unet_input in = {0};
+        in.x = x;
+        in.B = 2;
+        in.h = (int)xin.shape[2];
+        in.w = (int)xin.shape[3];
+        in.timesteps = t;
+        in.context = ctx;
+        in.T = (int)T;
+        in.text_embeds = te_rows;
+        in.time_ids = sdxl ? time_ids : NULL;
+        ck_assert_msg(df_unet_forward(u, &in, out, &err) == CM_OK, "%s", err.msg);
+        char what[400];
+        snprintf(name, sizeof name, "step%d.out_uncond", i);
+        tu_golden(gold, name, &ou);
+        snprintf(what, sizeof what, "%s %s", gold, name);
+        TU_ASSERT_CLOSE(what, out, ou.data, n, TOL);
+        snprintf(name, sizeof name, "step%d.out_cond", i);
+        tu_golden(gold, name, &oc);
+        snprintf(what, sizeof what, "%s %s", gold, name);
+        TU_ASSERT_CLOSE(what, out + n, oc.data, n, TOL);
+        free(x);
+        free(out);
+        cm_tensor_release(&xin);
+        cm_tensor_release(&ou);
+        cm_tensor_release(&oc);
+    }
+    free(ctx);
+    free(te_rows);
+    cm_tensor_release(&hs);
+    cm_tensor_release(&pooled);
+    cm_tensor_release(&ts);
+    cm_tensor_release(&tids);
+    cJSON_Delete(meta);
+    df_unet_free(u);
+    wt_model_close(m);
+}
+
+START_TEST(unet_sd1_steps) { run_steps("sd1-tiny", "txt2img_dpmpp_2m_karras", 0); }
+END_TEST
+
+START_TEST(unet_sdxl_steps) { run_steps("sdxl-tiny", "txt2img", 1); }
+END_TEST
+
+/* ------------------------------------------------------------------------
  * Threads, buffer reuse, context cache
  * ---------------------------------------------------------------------- */
 
@@ -473,6 +576,8 @@ TCase *tc_diffusion_unet(void)
     tcase_add_test(tc, unet_sd2_golden);
     tcase_add_test(tc, unet_sdxl_golden);
     tcase_add_test(tc, unet_inpaint9_golden);
+    tcase_add_test(tc, unet_sd1_steps);
+    tcase_add_test(tc, unet_sdxl_steps);
     tcase_add_test(tc, unet_threads_and_reuse);
     tcase_add_test(tc, unet_bad_models);
     tcase_add_test(tc, unet_bad_inputs);
