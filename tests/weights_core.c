@@ -406,6 +406,19 @@ START_TEST(test_detect_sd3)
     ck_assert(wt_cfg_num(v, "scaling_factor", 0) == wt_cfg_num(rv, "scaling_factor", 1));
     ck_assert(wt_cfg_num(v, "shift_factor", 0) == wt_cfg_num(rv, "shift_factor", 1));
     ck_assert_int_eq(wt_cfg_int(v, "use_quant_conv", -1), wt_cfg_int(rv, "use_quant_conv", -2));
+    ck_assert(wt_model_section(m, "text_encoder") == NULL);
+
+    /* Separate text encoder files (the official SD3 release layout) added
+     * under their combined-checkpoint prefixes refresh the detected config. */
+    const char *l = synth_from_keys("golden/sd3-tiny/model/text_encoders/clip_l_f16.keys.tsv", "clip_l.safetensors", NULL);
+    const char *g = synth_from_keys("golden/sd3-tiny/model/text_encoders/clip_g_f16.keys.tsv", "clip_g.safetensors", NULL);
+    ck_assert_int_eq(wt_model_add_file(m, l, "text_encoders.clip_l.transformer.", &err), CM_OK);
+    ck_assert_int_eq(wt_model_add_file(m, g, "text_encoders.clip_g.transformer.", &err), CM_OK);
+    expect_text("text_encoder", wt_model_section(m, "text_encoder"),
+                cJSON_GetObjectItemCaseSensitive(ref, "text_encoder_config"));
+    expect_text("text_encoder_2", wt_model_section(m, "text_encoder_2"),
+                cJSON_GetObjectItemCaseSensitive(ref, "text_encoder_2_config"));
+    ck_assert(wt_model_section(m, "transformer") != NULL);
     cJSON_Delete(ref);
     wt_model_close(m);
 }

@@ -460,9 +460,12 @@ cm_status wt_detect_config(const wt_model *m, cJSON **config, cm_error *err)
         if (has_prefix(m, "text_encoders.clip_l.transformer.") &&
             !add_section(root, "text_encoder", text_hf(m, "text_encoders.clip_l.transformer.", err)))
             goto fail;
-        if (has_prefix(m, "text_encoders.clip_g.transformer.") &&
-            !add_section(root, "text_encoder_2", text_hf(m, "text_encoders.clip_g.transformer.", err)))
-            goto fail;
+        if (has_prefix(m, "text_encoders.clip_g.transformer.")) {
+            sec = text_hf(m, "text_encoders.clip_g.transformer.", err);
+            if (!add_section(root, "text_encoder_2", sec)) goto fail;
+            /* OpenCLIP bigG in HF naming: gelu, unlike CLIP-L */
+            cJSON_ReplaceItemInObjectCaseSensitive(sec, "hidden_act", cJSON_CreateString("gelu"));
+        }
         if (!add_section(root, "transformer", sd3_config(m, err))) goto fail;
         break;
     default: break;

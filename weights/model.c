@@ -95,6 +95,12 @@ cm_status wt_model_add_file(wt_model *m, const char *path, const char *prefix, c
         cm_status st = wt_model_put(m, buf, wt_file_view_at(f, i), err);
         if (st) return st;
     }
+    /* A detected config learns about text encoders added later (SD3's
+     * separate clip_l / clip_g files); a failed re-detection keeps the old one. */
+    if (m->config && m->config_source && !strcmp(m->config_source, "detected")) {
+        cJSON *cfg = NULL;
+        if (wt_detect_config(m, &cfg, NULL) == CM_OK && cfg) wt_model_set_config(m, cfg);
+    }
     return CM_OK;
 }
 
