@@ -501,6 +501,83 @@ START_TEST(test_diffusers_sd1)
 }
 END_TEST
 
+/* A copy of the diffusers folder with the older diffusers VAE attention
+ * names (query/key/value/proj_attn) and an fp16-variant UNet file name. */
+START_TEST(test_diffusers_legacy_names)
+{
+    const char *src = tu_data("golden/sd1-tiny/model/diffusers");
+    char dir[4096], cmd[16384];
+    snprintf(dir, sizeof dir, "%s/legacy-diffusers", tu_tmpdir());
+    int w = snprintf(cmd, sizeof cmd,
+             "rm -rf '%s' && mkdir -p '%s/unet' '%s/vae' && cp '%s/model_index.json' '%s/' && "
+             "ln -s '%s/text_encoder' '%s/scheduler' '%s/' && cp '%s/unet/config.json' '%s/unet/' && "
+             "ln -s '%s/unet/diffusion_pytorch_model.safetensors' '%s/unet/diffusion_pytorch_model.fp16.safetensors' && "
+             "cp '%s/vae/config.json' '%s/vae/'",
+             dir, dir, dir, src, dir, src, src, dir, src, dir, src, dir, src, dir);
+    ck_assert(w > 0 && (size_t)w < sizeof cmd);
+    ck_assert_int_eq(tu_run(cmd, NULL, NULL), 0);
+
+    /* Rename the VAE attention tensors in the header (same byte length
+     * is not needed: the header is rewritten). */
+    char vpath[4096];
+    snprintf(vpath, sizeof vpath, "%s/vae/diffusion_pytorch_model.safetensors", src);
+    size_t n;
+    char *d = slurp(vpath, &n);
+    uint64_t hn = 0;
+    for (int i = 7; i >= 0; i--) hn = (hn << 8) | (unsigned char)d[i];
+    cJSON *hdr = cJSON_ParseWithLength(d + 8, hn);
+    ck_assert(hdr);
+    static const char *from[] = {".to_q.", ".to_k.", ".to_v.", ".to_out.0."};
+    static const char *to[] = {".query.", ".key.", ".value.", ".proj_attn."};
+    int renamed = 0;
+    for (cJSON *it = hdr->child; it; it = it->next) {
+        for (int k = 0; k < 4; k++) {
+            char *at = strstr(it->string, from[k]);
+            if (!at || !strstr(it->string, "mid_block.attentions.0")) continue;
+            char nn[512];
+            snprintf(nn, sizeof nn, "%.*s%s%s", (int)(at - it->string), it->string, to[k], at + strlen(from[k]));
+            free(it->string);
+            it->string = strdup(nn);
+            renamed++;
+        }
+    }
+    ck_assert_int_eq(renamed, 16); /* encoder + decoder, 4 linears x weight/bias */
+    char *h = cJSON_PrintUnformatted(hdr);
+    cJSON_Delete(hdr);
+    char out[4096];
+    w = snprintf(out, sizeof out, "%s/vae/diffusion_pytorch_model.safetensors", dir);
+    ck_assert(w > 0 && (size_t)w < sizeof out);
+    size_t nh = strlen(h);
+    unsigned char *buf = malloc(8 + nh);
+    put_u64(buf, nh);
+    memcpy(buf + 8, h, nh);
+    spit(out, buf, 8 + nh, d + 8 + hn, n - 8 - hn);
+    free(buf);
+    free(h);
+    cm_free(d);
+
+    cm_error err = {0};
+    wt_model *single = wt_model_open(tu_data("golden/sd1-tiny/model/sd1-tiny_f16.safetensors"), &err);
+    ck_assert_msg(single != NULL, "%s", err.msg);
+    wt_model *m = wt_model_open(dir, &err);
+    ck_assert_msg(m != NULL, "%s", err.msg);
+    int checked = 0;
+    for (int i = 0; i < wt_model_count(single); i++) {
+        const char *name = wt_model_name_at(single, i);
+        if (strncmp(name, "first_stage_model.", 18) && strncmp(name, "model.diffusion_model.", 22)) continue;
+        const cm_wview *a = wt_model_view_at(single, i), *b = wt_model_get(m, name);
+        ck_assert_msg(b != NULL, "legacy folder lacks %s", name);
+        ck_assert_int_eq(a->ndim, b->ndim);
+        for (int k = 0; k < a->ndim; k++) ck_assert(a->shape[k] == b->shape[k]);
+        ck_assert(memcmp(a->data, b->data, (size_t)cm_wview_numel(a) * cm_dtype_size(a->dtype)) == 0);
+        checked++;
+    }
+    ck_assert_int_gt(checked, 500);
+    wt_model_close(m);
+    wt_model_close(single);
+}
+END_TEST
+
 /* ------------------------------------------------------------------------
  * stipple info
  * ---------------------------------------------------------------------- */
@@ -627,6 +704,7 @@ TCase *tc_weights_core(void)
     tcase_add_test(tc, test_detect_full_layouts);
     tcase_add_test(tc, test_detect_partial_files);
     tcase_add_test(tc, test_diffusers_sd1);
+    tcase_add_test(tc, test_diffusers_legacy_names);
     tcase_add_test(tc, test_info_sd1);
     tcase_add_test(tc, test_info_usage);
     return tc;

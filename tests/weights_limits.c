@@ -308,11 +308,48 @@ START_TEST(test_bad_config)
 }
 END_TEST
 
+/* Broken diffusers folders: a clear error naming the folder, exit 1. */
+START_TEST(test_bad_diffusers)
+{
+    const char *src = tu_data("golden/sd1-tiny/model/diffusers");
+    const char *dir = tmp_path("bad_diffusers");
+    char cmd[16384];
+    int w = snprintf(cmd, sizeof cmd,
+                     "rm -rf '%s' && mkdir -p '%s/unet' && cp '%s/model_index.json' '%s/' && "
+                     "cp '%s/unet/config.json' '%s/unet/'",
+                     dir, dir, src, dir, src, dir);
+    ck_assert(w > 0 && (size_t)w < sizeof cmd);
+    ck_assert_int_eq(tu_run(cmd, NULL, NULL), 0);
+    cm_error err = {0};
+    ck_assert(wt_model_open(dir, &err) == NULL);
+    ck_assert_msg(strstr(err.msg, dir) && strstr(err.msg, "no VAE"), "%s", err.msg);
+    expect_cli_refuses(dir);
+
+    /* all configs present, the UNet weights only as a pickle */
+    w = snprintf(cmd, sizeof cmd,
+                 "cp -r '%s/vae' '%s/text_encoder' '%s/' && touch '%s/unet/diffusion_pytorch_model.bin'", src, src,
+                 dir, dir);
+    ck_assert(w > 0 && (size_t)w < sizeof cmd);
+    ck_assert_int_eq(tu_run(cmd, NULL, NULL), 0);
+    ck_assert(wt_model_open(dir, &err) == NULL);
+    ck_assert_msg(strstr(err.msg, dir) && strstr(err.msg, ".bin"), "%s", err.msg);
+    expect_cli_refuses(dir);
+
+    /* a malformed config.json */
+    w = snprintf(cmd, sizeof cmd, "printf '{\"layers_per_block\": ' > '%s/unet/config.json'", dir);
+    ck_assert(w > 0 && (size_t)w < sizeof cmd);
+    ck_assert_int_eq(tu_run(cmd, NULL, NULL), 0);
+    ck_assert(wt_model_open(dir, &err) == NULL);
+    ck_assert_msg(strstr(err.msg, "unet/config.json") && strstr(err.msg, "JSON"), "%s", err.msg);
+    expect_cli_refuses(dir);
+}
+END_TEST
+
 /* Every allocation made while opening the model fails in turn: a clean
  * error each time, never a crash or a leak-driven abort. */
 START_TEST(test_alloc_failure)
 {
-    const char *path = tu_data("golden/sd1-tiny/model/sd1-tiny_f16.safetensors");
+    const char *path = tu_data(_i ? "golden/sd1-tiny/model/diffusers" : "golden/sd1-tiny/model/sd1-tiny_f16.safetensors");
     cm_error err = {0};
     long before = cm_alloc_count();
     wt_model *m = wt_model_open(path, &err);
@@ -347,6 +384,7 @@ TCase *tc_weights_limits(void)
     tcase_add_test(tc, test_folder_and_permissions);
     tcase_add_test(tc, test_truncated_model);
     tcase_add_test(tc, test_bad_config);
-    tcase_add_test(tc, test_alloc_failure);
+    tcase_add_test(tc, test_bad_diffusers);
+    tcase_add_loop_test(tc, test_alloc_failure, 0, 2); /* single file, diffusers folder */
     return tc;
 }
