@@ -130,10 +130,28 @@ static cm_status find_weights(const char *dir, const char *sub, char *out, size_
  * Name maps (diffusers -> LDM); each returns 1 when it produced a name
  * ---------------------------------------------------------------------- */
 
-/* Match "prefix%d.<rest>" pieces with sscanf's %n: pos stays -1 unless
- * the whole pattern matched. */
-#define MATCH2(s, fmt, a, b, pos) ((pos) = -1, sscanf(s, fmt "%n", a, b, &(pos)), (pos) > 0)
-#define MATCH1(s, fmt, a, pos) ((pos) = -1, sscanf(s, fmt "%n", a, &(pos)), (pos) > 0)
+/* Match s against a pattern whose "%d" stand for block indices (1 to 4
+ * decimal digits; names come from untrusted files, so no sscanf overflow).
+ * Returns the length matched, or 0. Indices go to a, then b. */
+static int match(const char *s, const char *pat, int *a, int *b)
+{
+    int *dst[2] = {a, b}, k = 0;
+    const char *p = s;
+    for (const char *q = pat; *q; q++) {
+        if (q[0] == '%' && q[1] == 'd') {
+            int v = 0, nd = 0;
+            while (*p >= '0' && *p <= '9' && nd < 5) v = v * 10 + (*p++ - '0'), nd++;
+            if (nd == 0 || nd > 4 || k == 2 || !dst[k]) return 0;
+            *dst[k++] = v;
+            q++;
+            continue;
+        }
+        if (*p++ != *q) return 0;
+    }
+    return (int)(p - s);
+}
+#define MATCH2(s, fmt, a, b, pos) (((pos) = match(s, fmt, a, b)) > 0)
+#define MATCH1(s, fmt, a, pos) (((pos) = match(s, fmt, a, NULL)) > 0)
 
 static const char *unet_resnet(const char *r, char *buf, size_t n)
 {
