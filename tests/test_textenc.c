@@ -6,6 +6,7 @@
 TCase *tc_textenc_tokenizer(void);
 TCase *tc_textenc_prompt(void);
 TCase *tc_textenc_clip(void);
+TCase *tc_textenc_t5(void);
 
 int main(void)
 {
@@ -13,6 +14,7 @@ int main(void)
     suite_add_tcase(s, tc_textenc_tokenizer());
     suite_add_tcase(s, tc_textenc_prompt());
     suite_add_tcase(s, tc_textenc_clip());
+    suite_add_tcase(s, tc_textenc_t5());
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);

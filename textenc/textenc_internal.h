@@ -95,4 +95,41 @@ typedef struct {
 cm_status te_clip_encode(const te_clip *c, const int32_t *ids, int B, const te_clip_run *r,
                          cm_error *err);
 
+
+/* ------------------------------------------------------------------------
+ * t5.c — T5 tokenizer (SentencePiece, built-in spiece.model) and the T5
+ * v1.1 encoder stack of SD3 (text_encoder_3).
+ * ---------------------------------------------------------------------- */
+
+#define TE_T5_EOS 1
+#define TE_T5_PAD 0
+#define TE_T5_MAX_LEN 256 /* SD3's default max_sequence_length */
+
+typedef struct te_t5_tokenizer te_t5_tokenizer;
+te_t5_tokenizer *te_t5_tokenizer_create(cm_error *err);
+void te_t5_tokenizer_free(te_t5_tokenizer *t);
+/* ids (max_len): the pieces of text (at most max_len - 1), EOS, then pad 0
+ * up to max_len. *n (may be NULL) = pieces + 1. */
+cm_status te_t5_tokenize(const te_t5_tokenizer *t, const char *text, int max_len, int32_t *ids,
+                         int *n, cm_error *err);
+
+typedef struct te_t5 te_t5;
+typedef struct {
+    int d_model, layers, heads, d_kv, d_ff, vocab;
+    int buckets, max_distance; /* relative attention */
+    float eps;
+} te_t5_config;
+
+/* prefix: canonical prefix of the tower ending in '.', e.g.
+ * "text_encoders.t5xxl.transformer."; section: "text_encoder_3" or NULL
+ * (fields then come from the shapes). Every tensor is checked here. */
+te_t5 *te_t5_create(const wt_model *m, const char *prefix, const char *section, cm_error *err);
+void te_t5_free(te_t5 *t);
+const te_t5_config *te_t5_get_config(const te_t5 *t);
+/* ids (B, T) -> out (B, T, d_model): last_hidden_state (final RMS norm
+ * applied). No attention mask (what SD3 does). */
+cm_status te_t5_encode(const te_t5 *t, const int32_t *ids, int B, int T, float *out, cm_error *err);
+/* The relative-position bucket of rel = key - query (bidirectional). */
+int te_t5_bucket(int rel, int num_buckets, int max_distance);
+
 #endif

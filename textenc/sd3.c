@@ -1,0 +1,2 @@
+/* sd3.c placeholder */
+#include "textenc_internal.h"
