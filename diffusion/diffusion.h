@@ -124,6 +124,8 @@ typedef struct {
     int steps_offset;
     int original_inference_steps; /* LCM (default 50) */
     float timestep_scaling;       /* LCM (default 10) */
+    float shift;                  /* flow matching (SD3): sigma shift (config "shift", default 3) */
+    int dynamic_shifting;         /* flow matching: use_dynamic_shifting (not supported) */
 } df_schedule;
 
 /* cfg: the "scheduler" section (wt_model_section(m, "scheduler"),
@@ -144,9 +146,20 @@ typedef enum {
     DF_SAMPLER_EULER_A,
     DF_SAMPLER_DPMPP_2M,
     DF_SAMPLER_LCM,
+    DF_SAMPLER_FLOW_EULER, /* SD3 flow matching: FlowMatchEulerDiscreteScheduler */
 } df_sampler_kind;
 
-/* CLI name ("ddim", "euler", "euler_a", "dpmpp_2m", "lcm"). */
+/* CLI name ("ddim", "euler", "euler_a", "dpmpp_2m", "lcm", "flow_euler").
+ *
+ * flow_euler (SD3 / MMDiT, rectified flow; the model predicts the velocity
+ * v = noise - x0): diffusers' FlowMatchEulerDiscreteScheduler with a
+ * static shift. Training sigmas s_j = j/n (j = n..1) shifted as
+ * shift*s/(1+(shift-1)*s); inference timesteps linspace(1000*sigma_max,
+ * 1000*sigma_min, steps) shifted again (as the reference does), sigma_N = 0;
+ * the denoiser gets timestep = sigma*1000 (fractional); no input scaling,
+ * init_noise_sigma 1; step x += (sigma_next - sigma) * v; add_noise
+ * sigma*noise + (1 - sigma)*x0. No draws. Spacing/Karras/eta/prediction
+ * do not apply. */
 const char *df_sampler_name(df_sampler_kind k);
 /* A1111 name for the PNG metadata ("DDIM", "Euler", "Euler a",
  * "DPM++ 2M", "LCM"). */

@@ -52,6 +52,7 @@ static const struct {
     [DF_SAMPLER_EULER_A] = {"euler_a", "Euler a", "EulerAncestralDiscreteScheduler"},
     [DF_SAMPLER_DPMPP_2M] = {"dpmpp_2m", "DPM++ 2M", "DPMSolverMultistepScheduler"},
     [DF_SAMPLER_LCM] = {"lcm", "LCM", "LCMScheduler"},
+    [DF_SAMPLER_FLOW_EULER] = {"flow_euler", "Euler", "FlowMatchEulerDiscreteScheduler"},
 };
 #define N_KINDS ((int)(sizeof kinds / sizeof kinds[0]))
 
@@ -73,7 +74,7 @@ cm_status df_sampler_parse(const char *name, df_sampler_kind *k, cm_error *err)
             return CM_OK;
         }
     return cm_error_set(err, CM_ERR_USAGE,
-                        "sampler: expected ddim|euler|euler_a|dpmpp_2m|lcm, got '%s'",
+                        "sampler: expected ddim|euler|euler_a|dpmpp_2m|lcm|flow_euler, got '%s'",
                         name ? name : "(null)");
 }
 
@@ -224,6 +225,30 @@ static cm_status build_schedule(df_sampler *s, const df_schedule *sc, df_spacing
         s->init_noise_sigma = sp == DF_SPACING_LEADING ? sqrtf(mx * mx + 1.0f) : mx;
         return CM_OK;
     }
+    case DF_SAMPLER_FLOW_EULER: {
+        /* FlowMatchEulerDiscreteScheduler, static shift. __init__ (torch
+         * float32): t = linspace(1, n, n)[::-1], s = t / n, shifted;
+         * sigma_max = s[0], sigma_min = s[-1] (shifted). set_timesteps
+         * (numpy float64): t = linspace(sigma_max*n, sigma_min*n, N),
+         * s = t / n, shifted again, then float32; timesteps = s * n. */
+        const float sh = sc->shift;
+        const float smin_t = 1.0f / (float)nt;
+        const float smin = sh * smin_t / (1.0f + (sh - 1.0f) * smin_t);
+        const float smax = sh * 1.0f / (1.0f + (sh - 1.0f) * 1.0f);
+        const double t0 = (double)smax * nt, t1 = (double)smin * nt;
+        for (int k = 0; k < N; k++) {
+            double t = N == 1 ? t0 : t0 + (double)k * ((t1 - t0) / (double)(N - 1));
+            if (N > 1 && k == N - 1) t = t1; /* numpy sets the endpoint exactly */
+            double sg = t / (double)nt;
+            sg = (double)sh * sg / (1.0 + ((double)sh - 1.0) * sg);
+            s->sigmas[k] = (float)sg;
+            s->timesteps[k] = s->sigmas[k] * (float)nt;
+            s->tint[k] = (int)s->timesteps[k];
+        }
+        s->sigmas[N] = 0.0f;
+        s->init_noise_sigma = 1.0f;
+        return CM_OK;
+    }
     case DF_SAMPLER_DPMPP_2M:
         if (karras) {
             float *logs = s->noise;
@@ -298,6 +323,12 @@ df_sampler *df_sampler_create(df_sampler_kind kind, const df_schedule *sched, in
     }
     if (opts->eta != 0.0f && kind != DF_SAMPLER_DDIM) {
         cm_error_set(err, CM_ERR_UNSUPPORTED, "%s: eta is a DDIM option", kinds[kind].name);
+        return NULL;
+    }
+
+    if (kind == DF_SAMPLER_FLOW_EULER && sched->dynamic_shifting) {
+        cm_error_set(err, CM_ERR_UNSUPPORTED,
+                     "flow_euler: use_dynamic_shifting (resolution-dependent shift) is not supported");
         return NULL;
     }
 
@@ -526,6 +557,14 @@ static cm_status step_dpmpp_2m(df_sampler *s, int i, const float *mo, float *x)
     return CM_OK;
 }
 
+/* FlowMatchEulerDiscreteScheduler.step: prev = sample + (sigma_next -
+ * sigma) * model_output, the scalar difference in float32 first. */
+static void step_flow_euler(df_sampler *s, int i, const float *mo, float *x)
+{
+    const float dt = s->sigmas[i + 1] - s->sigmas[i];
+    for (int64_t e = 0; e < s->n; e++) x[e] = x[e] + dt * mo[e];
+}
+
 static cm_status step_lcm(df_sampler *s, int i, const float *mo, float *x, df_noise_fn fn,
                           void *ctx, cm_error *err)
 {
@@ -567,6 +606,7 @@ cm_status df_sampler_step(df_sampler *s, int i, const float *model_out, float *x
     case DF_SAMPLER_EULER_A: st = step_euler(s, i, model_out, x, noise_fn, noise_ctx, err); break;
     case DF_SAMPLER_DPMPP_2M: st = step_dpmpp_2m(s, i, model_out, x); break;
     case DF_SAMPLER_LCM: st = step_lcm(s, i, model_out, x, noise_fn, noise_ctx, err); break;
+    case DF_SAMPLER_FLOW_EULER: step_flow_euler(s, i, model_out, x); break;
     }
     if (st == CM_OK) s->last = i;
     return st;
@@ -597,6 +637,10 @@ static void noise_coeffs(const df_sampler *s, int i, float *a, float *b)
     case DF_SAMPLER_EULER:
     case DF_SAMPLER_EULER_A: *a = 0.0f; *b = s->sigmas[i]; return;
     case DF_SAMPLER_DPMPP_2M: vp_alpha_sigma(s->sigmas[i], a, b); return;
+    case DF_SAMPLER_FLOW_EULER: /* scale_noise: sigma * noise + (1.0 - sigma) * sample */
+        *a = 1.0f - s->sigmas[i];
+        *b = s->sigmas[i];
+        return;
     default: {
         const float ac = s->ac[s->tint[i]];
         *a = sqrtf(ac);         /* alphas_cumprod[t] ** 0.5 */

@@ -117,6 +117,11 @@ cm_status df_schedule_init(df_schedule *s, const cJSON *cfg, cm_error *err)
     s->steps_offset = wt_cfg_int(cfg, "steps_offset", 1);
     s->original_inference_steps = wt_cfg_int(cfg, "original_inference_steps", 50);
     s->timestep_scaling = (float)wt_cfg_num(cfg, "timestep_scaling", 10.0);
+    s->shift = (float)wt_cfg_num(cfg, "shift", 3.0);
+    s->dynamic_shifting = cfg_bool(cfg, "use_dynamic_shifting", 0);
+    if (!(s->shift > 0.0f && s->shift < 1e6f))
+        return cm_error_set(err, CM_ERR_FORMAT, "scheduler config: shift must be > 0, got %g",
+                            (double)s->shift);
     if (!cJSON_GetObjectItemCaseSensitive(cfg, "original_inference_steps") &&
         s->original_inference_steps > n)
         s->original_inference_steps = n;
