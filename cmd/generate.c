@@ -1,6 +1,7 @@
-/* generate.c — `stipple txt2img` (img2img / inpaint to follow): options,
- * validation, seeds, the batch loop, PNG output with A1111 metadata,
- * signals. */
+/* generate.c — `stipple txt2img`, `stipple img2img` and `stipple inpaint`:
+ * options, validation, seeds, the input image and mask, the batch loop,
+ * PNG output with A1111 metadata (Denoising strength, Mask blur, Inpaint
+ * method), signals. The pipeline itself is pipeline.c. */
 #include "pipeline.h"
 
 #include <errno.h>
@@ -11,8 +12,38 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+static const char *usage_head_txt2img = "usage: stipple txt2img -p PROMPT [options]\n";
+static const char *usage_head_img2img =
+    "usage: stipple img2img -i IMAGE -p PROMPT [options]\n"
+    "\n"
+    "  -i, --image FILE        the input image (PNG or JPEG; grey, alpha, palette and\n"
+    "                          16-bit are converted to 8-bit RGB; alpha is dropped)\n"
+    "      --strength S        0..1: how much to change (default 0.75); sampling starts\n"
+    "                          at step steps - int(steps * S) of the schedule\n"
+    "      --encode-mode M     sample: image latents drawn from the VAE posterior with\n"
+    "                          the seed, as diffusers does (default); mean: its mean\n"
+    "  The image is resized to -W x -H with Lanczos-3 (as PIL); without them it\n"
+    "  keeps its size rounded down to a multiple of the model's (8 x the UNet's)\n"
+    "  (one of -W/-H: the other follows the aspect ratio). No resizing happens\n"
+    "  when the size already fits. --save-latents numbers step files from 000 at\n"
+    "  the first step that runs (the reference's callback index).\n";
+static const char *usage_head_inpaint =
+    "usage: stipple inpaint -i IMAGE --mask MASK -p PROMPT [options]\n"
+    "\n"
+    "  -i, --image FILE        the input image (PNG or JPEG, as for img2img)\n"
+    "      --mask FILE         white = repaint, black = keep, grey = partial (any size:\n"
+    "                          resized to the image with Lanczos-3)\n"
+    "      --mask-blur N       Gaussian blur of the mask, sigma N pixels (default 4;\n"
+    "                          kernel 2*int(2.5N+0.5)+1, as A1111)\n"
+    "      --strength S        0..1 (default 0.75; 1.0 with an inpainting checkpoint)\n"
+    "      --encode-mode M     sample (default) | mean, as for img2img\n"
+    "  A plain checkpoint puts the known latents back after every step (diffusers'\n"
+    "  legacy blend); an inpainting (9-channel) checkpoint gets [latents, mask,\n"
+    "  masked-image latents]. The latent mask is the nearest downsample of\n"
+    "  mask >= 0.5. The decoded image is composited onto the input with the\n"
+    "  blurred mask as weight: where the mask is pure black the output pixels are\n"
+    "  the input's, byte for byte. Sizes and --save-latents as for img2img.\n";
 static const char *usage_txt2img =
-    "usage: stipple txt2img -p PROMPT [options]\n"
     "\n"
     "  -p, --prompt TEXT       the prompt (A1111 syntax: (word:1.2), [word], BREAK)\n"
     "  -n, --negative TEXT     the negative prompt\n"
@@ -44,15 +75,22 @@ static const char *usage_txt2img =
     "      --quiet             no progress on stderr\n"
     "      --init-noise FILE   float32 .npy (B,C,h,w) used instead of the seeded noise\n"
     "      --save-latents DIR  write DIR/step_NNN.npy after every step and DIR/final.npy\n"
-    "      --precision f32|bf16  compute precision (default f32)\n";
+    "      --precision f32|bf16  compute precision (default f32)\n"
+    "      --max-memory SIZE   memory the job may use (e.g. 6G; default: what the machine\n"
+    "                          has free); over it the VAE decodes in tiles or the job is\n"
+    "                          refused with the estimate, before anything is computed\n"
+    "  An inpainting (9-channel) checkpoint works in txt2img and img2img with a full\n"
+    "  mask and a blank masked image, as A1111 does.\n";
 
 typedef struct {
     const char *prompt, *negative, *model, *output, *sampler, *schedule, *prediction, *rng;
     const char *seed, *init_noise, *save_latents, *precision;
+    const char *image, *mask, *encode_mode;
+    const char *max_memory; /* memory pre-flight (preflight.c) */
     int width, height, steps, batch_count, batch_size, clip_skip, threads;
-    int overwrite, json, quiet;
-    float cfg, eta;
-    int prompt_seen, w_seen, h_seen;
+    int overwrite, json, quiet, mask_blur;
+    float cfg, eta, strength;
+    int prompt_seen, w_seen, h_seen, strength_seen, image_seen, mask_seen;
 } gen_opts;
 
 /* ---------------------------------------------------------------- signals */
@@ -118,16 +156,51 @@ static void json_str(FILE *f, const char *s)
     fputc('"', f);
 }
 
+/* ------------------------------------------------------------ input image */
+
+/* The output must never replace the input image or the mask. */
+static int same_file(const char *a, const char *b)
+{
+    struct stat sa, sb;
+    return a && b && stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
+           sa.st_ino == sb.st_ino;
+}
+
+/* The job size from the image when -W / -H are not both given: the image's
+ * own size (one side given: the other follows the aspect ratio), rounded
+ * down to a multiple of `mult`. Returns 0, or a usage error. */
+static int size_from_image(const gen_opts *o, const cm_image *img, int mult, int *W, int *H)
+{
+    double w = o->w_seen ? o->width : o->h_seen ? (double)img->w * o->height / img->h : img->w;
+    double h = o->h_seen ? o->height : o->w_seen ? (double)img->h * o->width / img->w : img->h;
+    long long rw = o->w_seen ? o->width : (long long)(w + 0.5) / mult * mult;
+    long long rh = o->h_seen ? o->height : (long long)(h + 0.5) / mult * mult;
+    if (rw < mult || rh < mult)
+        return cmd_usage_error("%s: %dx%d pixels is too small: the size would be %lldx%lld (sides are rounded down to a multiple of %d; give -W and -H to resize it)",
+                               o->image, img->w, img->h, rw, rh, mult);
+    if (rw > 16384 || rh > 16384)
+        return cmd_usage_error("%s: %dx%d pixels is too large: the size would be %lldx%lld (at most 16384 per side; give -W and -H to resize it)",
+                               o->image, img->w, img->h, rw, rh);
+    *W = (int)rw;
+    *H = (int)rh;
+    return 0;
+}
+
 /* ------------------------------------------------------------------- main */
 
 int cmd_generate(int argc, char **argv)
 {
     const char *cmdname = argv[0];
-    if (strcmp(cmdname, "txt2img"))
-        return cmd_usage_error("%s: not implemented yet (txt2img works)", cmdname);
+    cmd_mode mode;
+    const char *head;
+    if (!strcmp(cmdname, "txt2img")) mode = CMD_TXT2IMG, head = usage_head_txt2img;
+    else if (!strcmp(cmdname, "img2img")) mode = CMD_IMG2IMG, head = usage_head_img2img;
+    else if (!strcmp(cmdname, "inpaint")) mode = CMD_INPAINT, head = usage_head_inpaint;
+    else return cmd_usage_error("%s: unknown command", cmdname);
     gen_opts o = {.steps = 20, .cfg = 7.5f, .batch_count = 1, .batch_size = 1, .threads = 0,
-                  .output = "stipple-{seed}.png", .rng = "cpu", .precision = "f32"};
-    const cmd_opt opts[] = {
+                  .output = "stipple-{seed}.png", .rng = "cpu", .precision = "f32",
+                  .strength = 0.75f, .encode_mode = "sample", .mask_blur = 4};
+    const cmd_opt common_opts[] = {
         {"prompt", 'p', OPT_STR, &o.prompt, 0, 0, &o.prompt_seen},
         {"negative", 'n', OPT_STR, &o.negative, 0, 0, NULL},
         {"model", 'm', OPT_STR, &o.model, 0, 0, NULL},
@@ -152,20 +225,52 @@ int cmd_generate(int argc, char **argv)
         {"init-noise", 0, OPT_STR, &o.init_noise, 0, 0, NULL},
         {"save-latents", 0, OPT_STR, &o.save_latents, 0, 0, NULL},
         {"precision", 0, OPT_STR, &o.precision, 0, 0, NULL},
-        {NULL, 0, 0, NULL, 0, 0, NULL},
+        {"max-memory", 0, OPT_STR, &o.max_memory, 0, 0, NULL},
     };
+    const cmd_opt image_opts[] = {
+        {"image", 'i', OPT_STR, &o.image, 0, 0, &o.image_seen},
+        {"strength", 0, OPT_FLOAT, &o.strength, 0, 1, &o.strength_seen},
+        {"encode-mode", 0, OPT_STR, &o.encode_mode, 0, 0, NULL},
+    };
+    const cmd_opt mask_opts[] = {
+        {"mask", 0, OPT_STR, &o.mask, 0, 0, &o.mask_seen},
+        {"mask-blur", 0, OPT_INT, &o.mask_blur, 0, 256, NULL},
+    };
+    cmd_opt opts[sizeof common_opts / sizeof common_opts[0] + 6];
+    size_t nopt = 0;
+    for (size_t k = 0; k < sizeof common_opts / sizeof common_opts[0]; k++) opts[nopt++] = common_opts[k];
+    if (mode != CMD_TXT2IMG)
+        for (size_t k = 0; k < sizeof image_opts / sizeof image_opts[0]; k++) opts[nopt++] = image_opts[k];
+    if (mode == CMD_INPAINT)
+        for (size_t k = 0; k < sizeof mask_opts / sizeof mask_opts[0]; k++) opts[nopt++] = mask_opts[k];
+    opts[nopt] = (cmd_opt){NULL, 0, 0, NULL, 0, 0, NULL};
+    char usage[8192];
+    snprintf(usage, sizeof usage, "%s%s", head, usage_txt2img);
+
     char *pos[1];
     int npos = 0;
-    int r = cmd_parse(argc, argv, opts, usage_txt2img, pos, &npos, 0);
+    int r = cmd_parse(argc, argv, opts, usage, pos, &npos, 0);
     if (r < 0) return EXIT_OK;
     if (r) return r;
     if (!o.prompt_seen) return cmd_usage_error("%s: -p PROMPT is required", cmdname);
+    size_t max_memory = 0;
+    if (o.max_memory && cmd_parse_size(o.max_memory, &max_memory))
+        return cmd_usage_error("--max-memory: expected a size such as 512M or 8G, got \"%s\"", o.max_memory);
+    if (mode != CMD_TXT2IMG && !o.image_seen) return cmd_usage_error("%s: -i IMAGE is required", cmdname);
+    if (mode == CMD_INPAINT && !o.mask_seen) return cmd_usage_error("%s: --mask MASK is required", cmdname);
 
     /* Validate everything that does not need the model first. */
     cm_error err = {0};
     cmd_job job = {.prompt = o.prompt, .negative = o.negative ? o.negative : "",
                    .steps = o.steps, .cfg = o.cfg, .eta = o.eta, .prediction = -1,
-                   .clip_skip = o.clip_skip, .save_latents = o.save_latents, .quiet = o.quiet};
+                   .clip_skip = o.clip_skip, .save_latents = o.save_latents, .quiet = o.quiet,
+                   .mode = mode, .strength = o.strength};
+    if (!strcmp(o.encode_mode, "mean")) job.encode_mean = 1;
+    else if (strcmp(o.encode_mode, "sample"))
+        return cmd_usage_error("--encode-mode: expected sample or mean, got \"%s\"", o.encode_mode);
+    if (mode != CMD_TXT2IMG && o.strength_seen && df_sampler_start_index(o.steps, o.strength) >= o.steps)
+        return cmd_usage_error("--strength %g with --steps %d runs no step (int(steps * strength) = 0)",
+                               (double)o.strength, o.steps);
     const char *sampler = o.sampler ? o.sampler : "dpmpp_2m";
     if (df_sampler_parse(sampler, &job.sampler, &err)) return cmd_fail(&err);
     job.spacing = DF_SPACING_DEFAULT;
@@ -204,9 +309,29 @@ int cmd_generate(int argc, char **argv)
     int total = o.batch_count * o.batch_size;
     if (total > 1 && !cmd_template_has_fields(o.output))
         return cmd_usage_error("-o %s: %d images need a template with {n} or {seed} in the name", o.output, total);
+
+    /* The input image and mask, read (and their sizes checked) before the
+     * model is loaded or anything large is allocated. */
+    cm_image image = {0}, mask = {0};
+    int W = 0, H = 0;
+    if (mode != CMD_TXT2IMG) {
+        if (cm_image_read(o.image, &image, &err)) return cmd_fail(&err);
+        if (mode == CMD_INPAINT && cm_image_read(o.mask, &mask, &err)) {
+            cm_image_release(&image);
+            cm_error_prefix(&err, "--mask");
+            return cmd_fail(&err);
+        }
+        if ((r = size_from_image(&o, &image, 8, &W, &H))) {
+            cm_image_release(&image);
+            cm_image_release(&mask);
+            return r;
+        }
+    }
     if (o.save_latents) {
         struct stat sb;
         if (stat(o.save_latents, &sb) != 0 && mkdir(o.save_latents, 0755) != 0) {
+            cm_image_release(&image);
+            cm_image_release(&mask);
             cm_error_set(&err, CM_ERR_IO, "--save-latents %s: cannot create folder: %s", o.save_latents,
                          strerror(errno));
             return cmd_fail(&err);
@@ -216,26 +341,74 @@ int cmd_generate(int argc, char **argv)
     if (!o.quiet) cm_log_set_level(CM_LOG_INFO);
 
     cm_tensor noise = {0};
-    if (o.init_noise && cm_npy_read(o.init_noise, &noise, &err)) return cmd_fail(&err);
+    cmd_init ini = {0};
+    cmd_cond_cache cache = {0};
+    cmd_models cm;
+    int loaded = 0, rc = EXIT_OK;
+    char extra[512] = "";
+    if (o.init_noise && cm_npy_read(o.init_noise, &noise, &err)) {
+        rc = cmd_fail(&err);
+        goto out;
+    }
     if (o.init_noise) job.init_noise = &noise;
 
     const char *model = o.model ? o.model : cmd_builtin_model_path();
     if (!model) {
-        cm_tensor_release(&noise);
         cm_error_set(&err, CM_ERR_IO, "no model given and the built-in model was not found (use -m MODEL)");
-        return cmd_fail(&err);
+        rc = cmd_fail(&err);
+        goto out;
     }
     install_signals();
-    cmd_models cm;
     if (cmd_models_load(&cm, model, &err)) {
-        cm_tensor_release(&noise);
-        return cm_interrupted ? interrupted_exit() : cmd_fail(&err);
+        rc = cm_interrupted ? interrupted_exit() : cmd_fail(&err);
+        goto out;
     }
-    job.width = o.w_seen ? o.width : cm.native_size;
-    job.height = o.h_seen ? o.height : cm.native_size;
+    loaded = 1;
+    if (mode == CMD_TXT2IMG) {
+        job.width = o.w_seen ? o.width : cm.native_size;
+        job.height = o.h_seen ? o.height : cm.native_size;
+        if (cmd_job_preflight(&cm, &job, max_memory, &err)) {
+            rc = cmd_fail(&err);
+            goto out;
+        }
+    } else {
+        if ((rc = size_from_image(&o, &image, cmd_models_size_multiple(&cm), &W, &H))) goto out;
+        job.width = W;
+        job.height = H;
+        if (cmd_job_preflight(&cm, &job, max_memory, &err)) {
+            rc = cmd_fail(&err);
+            goto out;
+        }
+        int nine = cmd_models_inpainting(&cm);
+        if (mode == CMD_INPAINT && nine && !o.strength_seen) job.strength = 1.0f;
+        if (df_sampler_start_index(job.steps, job.strength) >= job.steps) {
+            rc = cmd_usage_error("--strength %g with --steps %d runs no step (int(steps * strength) = 0)",
+                                 (double)job.strength, job.steps);
+            goto out;
+        }
+        double t0 = cm_time_now();
+        int need_image = !(mode == CMD_INPAINT && nine && job.strength >= 1.0f);
+        if (cmd_init_prepare(&cm, mode, &image, mode == CMD_INPAINT ? &mask : NULL, W, H, o.mask_blur,
+                             need_image, &ini, &err)) {
+            rc = cm_interrupted ? interrupted_exit() : cmd_fail(&err);
+            goto out;
+        }
+        cm_info("%s: %dx%d -> %dx%d, input encoded in %.2f s", o.image, image.w, image.h, W, H,
+                cm_time_now() - t0);
+        job.init = &ini;
+        if (mode == CMD_INPAINT && ini.repaint_pixels == 0)
+            cm_warn("%s: the mask is all black: nothing to repaint, the output equals the input", o.mask);
+        snprintf(extra, sizeof extra, "Denoising strength: %g", (double)job.strength);
+        if (mode == CMD_INPAINT)
+            snprintf(extra + strlen(extra), sizeof extra - strlen(extra), ", Mask blur: %d", o.mask_blur);
+    }
+    const char *method = cmd_inpaint_method(&cm, mode);
+    if (method) {
+        cm_info("%s: inpaint method: %s", cmdname, method);
+        snprintf(extra + strlen(extra), sizeof extra - strlen(extra), "%sInpaint method: %s",
+                 extra[0] ? ", " : "", method);
+    }
 
-    cmd_cond_cache cache = {0};
-    int rc = EXIT_OK;
     for (int i = 0; i < total; i++) {
         job.seed = seed + (uint64_t)i;
         job.noise_row = noise.ndim == 4 && i < noise.shape[0] ? i : 0;
@@ -245,9 +418,16 @@ int cmd_generate(int argc, char **argv)
                              .sampler_label = df_sampler_a1111_name(job.sampler),
                              .schedule_label = job.karras ? "Karras" : NULL,
                              .width = job.width, .height = job.height,
-                             .model = wt_model_stem(cm.m), .model_hash = wt_model_hash(cm.m)};
+                             .model = wt_model_stem(cm.m), .model_hash = wt_model_hash(cm.m),
+                             .extra = extra[0] ? extra : NULL};
         char path[4096];
         if (cmd_output_path(o.output, &ii, path, sizeof path, &err)) {
+            rc = cmd_fail(&err);
+            break;
+        }
+        if (same_file(path, o.image) || same_file(path, o.mask)) {
+            cm_error_set(&err, CM_ERR_USAGE, "%s: is the input %s: the input is never replaced (choose another -o)",
+                         path, same_file(path, o.image) ? "image" : "mask");
             rc = cmd_fail(&err);
             break;
         }
@@ -294,9 +474,13 @@ int cmd_generate(int argc, char **argv)
             break;
         }
     }
+out:
     cmd_cond_cache_release(&cache);
-    cmd_models_free(&cm);
+    cmd_init_release(&ini);
+    if (loaded) cmd_models_free(&cm);
     cm_tensor_release(&noise);
+    cm_image_release(&image);
+    cm_image_release(&mask);
     return rc;
 }
 

@@ -2,17 +2,34 @@
  *
  *   prompt -> te_encode_pair -> context [uncond, cond]
  *   seed -> RNG -> noise latent (1, C, h, w)  (or --init-noise)
+ *   img2img / inpaint: image -> VAE encoder moments -> image latents
+ *                      x = add_noise(image latents, noise, start step)
  *   sampler loop: x_in = scale(x); out = UNet([x_in, x_in], t, context);
  *                 guided = uncond + cfg * (cond - uncond); x = step(x, guided)
- *   x -> vae_unscale_latent -> VAE decoder -> RGB8
+ *                 (4-channel inpaint: known region put back after each step;
+ *                  9-channel UNet: input [x_in, mask, masked-image latents])
+ *   x -> vae_unscale_latent -> VAE decoder -> RGB8 (inpaint: composited
+ *   onto the input with the mask, so kept pixels are the input's bytes)
  *
- * mirrors diffusers' StableDiffusionPipeline / StableDiffusionXLPipeline
- * __call__ (CPU generator: one torch.Generator seeded with the seed draws
- * the initial noise, then every per-step draw of the sampler).
+ * mirrors diffusers 0.30.3 StableDiffusionPipeline / StableDiffusionXLPipeline
+ * / StableDiffusionImg2ImgPipeline / StableDiffusionInpaintPipeline __call__.
+ * The CPU generator (one torch.Generator seeded with the seed) draws, in the
+ * reference's order:
+ *   txt2img                       noise
+ *   img2img                       posterior eps of the image, noise
+ *   inpaint, 4-channel UNet       image eps, noise, masked-image eps (unused)
+ *   inpaint, 9-channel, strength 1          noise, masked-image eps
+ *   inpaint, 9-channel, strength < 1        image eps, noise, masked-image eps
+ * then every per-step draw of the sampler. --encode-mode mean skips the eps
+ * draws (the reference's argmax mode). An inpainting (9-channel) UNet in
+ * txt2img / img2img gets A1111's conditioning: a full mask and the latents
+ * of a blank (0 in [-1, 1]) masked image, encoded with the posterior mean
+ * (no draw).
  */
 #include "pipeline.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -47,6 +64,23 @@ void cmd_models_free(cmd_models *cm)
     te_encoder_free(cm->te);
     wt_model_close(cm->m);
     memset(cm, 0, sizeof *cm);
+}
+
+int cmd_models_inpainting(const cmd_models *cm)
+{
+    return df_unet_in_channels(cm->unet) == 2 * vae_latent_channels(cm->vae) + 1;
+}
+
+int cmd_models_size_multiple(const cmd_models *cm)
+{
+    return df_unet_size_multiple(cm->unet) * vae_downscale(cm->vae);
+}
+
+const char *cmd_inpaint_method(const cmd_models *cm, cmd_mode mode)
+{
+    int nine = cmd_models_inpainting(cm);
+    if (mode == CMD_INPAINT) return nine ? "9-channel inpainting UNet" : "latent blend (4-channel UNet)";
+    return nine ? "9-channel inpainting UNet with a full mask and a blank masked image" : NULL;
 }
 
 void cmd_cond_cache_release(cmd_cond_cache *c)
@@ -113,6 +147,123 @@ static cm_status get_cond(cmd_models *cm, cmd_cond_cache *cache, const cmd_job *
     return CM_OK;
 }
 
+/* ------------------------------------------------------ img2img inputs */
+
+void cmd_init_release(cmd_init *ini)
+{
+    if (!ini) return;
+    cm_free(ini->rgb);
+    cm_free(ini->weight);
+    cm_free(ini->mask_latent);
+    cm_free(ini->mean);
+    cm_free(ini->logvar);
+    cm_free(ini->mmean);
+    cm_free(ini->mlogvar);
+    memset(ini, 0, sizeof *ini);
+}
+
+cm_status cmd_init_prepare(cmd_models *cm, cmd_mode mode, const cm_image *image,
+                           const cm_image *mask, int W, int H, int mask_blur,
+                           int need_image_latents, cmd_init *ini, cm_error *err)
+{
+    memset(ini, 0, sizeof *ini);
+    int ds = vae_downscale(cm->vae), C = vae_latent_channels(cm->vae);
+    int mult = cmd_models_size_multiple(cm);
+    if (W < mult || H < mult || W % mult || H % mult)
+        return cm_error_set(err, CM_ERR_USAGE, "size %dx%d: width and height must be multiples of %d for this model",
+                            W, H, mult);
+    int h = H / ds, w = W / ds;
+    int64_t npix = (int64_t)W * H, n = (int64_t)C * h * w;
+    float *f = NULL, *img = NULL, *gray = NULL;
+    cm_status st = CM_ERR_NOMEM;
+    ini->width = W;
+    ini->height = H;
+
+    /* The image at the job size, 8-bit: the reference's u8 input. */
+    if (!(ini->rgb = cm_alloc((size_t)npix * 3, "input image", err))) goto fail;
+    if (!(f = cm_alloc(sizeof(float) * (size_t)npix * 3, "resized image", err))) goto fail;
+    if ((st = cmd_resize(image->rgb, image->w, image->h, 3, f, W, H, err))) goto fail;
+    for (int64_t k = 0; k < npix * 3; k++) {
+        long q = lrintf(f[k] * 255.0f);
+        ini->rgb[k] = (uint8_t)(q < 0 ? 0 : q > 255 ? 255 : q);
+    }
+
+    /* The mask: grey, resized, clamped; blurred; pure black stays 0. */
+    if (mode == CMD_INPAINT) {
+        st = CM_ERR_NOMEM;
+        if (!(gray = cm_alloc(sizeof(float) * (size_t)mask->w * mask->h, "mask", err))) goto fail;
+        if (!(ini->weight = cm_alloc(sizeof(float) * (size_t)npix, "mask weight", err))) goto fail;
+        if (!(ini->mask_latent = cm_alloc(sizeof(float) * (size_t)h * w, "latent mask", err))) goto fail;
+        cmd_mask_gray(mask->rgb, (int64_t)mask->w * mask->h, gray);
+        if ((st = cmd_resize(gray, mask->w, mask->h, 1, ini->weight, W, H, err))) goto fail;
+        for (int64_t k = 0; k < npix; k++) {
+            float v = ini->weight[k];
+            v = v > 0.0f ? (v < 1.0f ? v : 1.0f) : 0.0f;
+            ini->weight[k] = v;
+            f[k] = v; /* f is free now: the unblurred mask */
+        }
+        if ((st = cmd_mask_blur(ini->weight, W, H, mask_blur, err))) goto fail;
+        for (int64_t k = 0; k < npix; k++) {
+            if (f[k] == 0.0f) ini->weight[k] = 0.0f;
+            ini->repaint_pixels += ini->weight[k] > 0.0f;
+        }
+        /* torch's F.interpolate(mode="nearest"): source index floor(dst * in / out) */
+        for (int y = 0; y < h; y++)
+            for (int x = 0; x < w; x++) {
+                int64_t sy = (int64_t)y * H / h, sx = (int64_t)x * W / w;
+                ini->mask_latent[(size_t)y * w + x] = ini->weight[sy * W + sx] >= 0.5f ? 1.0f : 0.0f;
+            }
+    }
+
+    /* Encoder moments (the draws of eps belong to each job's seed). */
+    st = CM_ERR_NOMEM;
+    if (!(img = cm_alloc(sizeof(float) * (size_t)npix * 3, "encoder input", err))) goto fail;
+    vae_from_u8(ini->rgb, 1, H, W, img);
+    if (need_image_latents) {
+        if (!(ini->mean = cm_alloc(sizeof(float) * (size_t)n, "image latents", err))) goto fail;
+        if (!(ini->logvar = cm_alloc(sizeof(float) * (size_t)n, "image latents", err))) goto fail;
+        if ((st = vae_encode(cm->vae, img, 1, H, W, ini->mean, ini->logvar, err))) goto fail;
+    }
+    if (mode == CMD_INPAINT && cmd_models_inpainting(cm)) {
+        /* masked_image = image * (mask < 0.5) */
+        for (int c = 0; c < 3; c++)
+            for (int64_t k = 0; k < npix; k++)
+                if (ini->weight[k] >= 0.5f) img[c * npix + k] *= 0.0f;
+        st = CM_ERR_NOMEM;
+        if (!(ini->mmean = cm_alloc(sizeof(float) * (size_t)n, "masked image latents", err))) goto fail;
+        if (!(ini->mlogvar = cm_alloc(sizeof(float) * (size_t)n, "masked image latents", err))) goto fail;
+        if ((st = vae_encode(cm->vae, img, 1, H, W, ini->mmean, ini->mlogvar, err))) goto fail;
+    }
+    cm_free(f);
+    cm_free(img);
+    cm_free(gray);
+    return CM_OK;
+fail:
+    cm_free(f);
+    cm_free(img);
+    cm_free(gray);
+    cmd_init_release(ini);
+    return st ? st : CM_ERR_NOMEM;
+}
+
+/* A1111's conditioning for an inpainting UNet without a mask: the latents
+ * of a blank image (0 in [-1, 1]), posterior mean. n = C*h*w floats. */
+static cm_status blank_masked_latents(cmd_models *cm, int W, int H, float *out, cm_error *err)
+{
+    int ds = vae_downscale(cm->vae), C = vae_latent_channels(cm->vae);
+    int64_t n = (int64_t)C * (H / ds) * (W / ds);
+    float *img = cm_calloc(sizeof(float) * ((size_t)W * H * 3 + (size_t)n), "blank image", err);
+    if (!img) return CM_ERR_NOMEM;
+    cm_status st = vae_encode(cm->vae, img, 1, H, W, out, img + (size_t)W * H * 3, err);
+    if (!st)
+        vae_latent_from_moments(out, NULL, NULL, n, vae_scaling_factor(cm->vae),
+                                vae_shift_factor(cm->vae), out);
+    cm_free(img);
+    return st;
+}
+
+/* -------------------------------------------------------------------- run */
+
 cm_status cmd_job_run(cmd_models *cm, cmd_cond_cache *cache, const cmd_job *job, cmd_result *res,
                       cm_error *err)
 {
@@ -120,17 +271,35 @@ cm_status cmd_job_run(cmd_models *cm, cmd_cond_cache *cache, const cmd_job *job,
     cm_status st = CM_OK;
     df_sampler *s = NULL;
     float *buf = NULL;
-    int ds = vae_downscale(cm->vae), mult = df_unet_size_multiple(cm->unet) * ds;
+    const cmd_init *ini = job->init;
+    int ds = vae_downscale(cm->vae), mult = cmd_models_size_multiple(cm);
     if (job->width % mult || job->height % mult)
         return cm_error_set(err, CM_ERR_USAGE, "size %dx%d: width and height must be multiples of %d for this model",
                             job->width, job->height, mult);
     int h = job->height / ds, w = job->width / ds;
+    int64_t hw = (int64_t)h * w;
     int C = vae_latent_channels(cm->vae), inC = df_unet_in_channels(cm->unet);
-    if (inC != C)
-        return cm_error_set(err, CM_ERR_UNSUPPORTED,
-                            "%s: the UNet takes %d input channels (an inpainting model?): txt2img needs %d; use stipple inpaint",
-                            wt_model_path(cm->m), inC, C);
-    int64_t n = (int64_t)C * h * w;
+    int nine = cmd_models_inpainting(cm);
+    if (inC != C && !nine)
+        return cm_error_set(err, CM_ERR_UNSUPPORTED, "%s: the UNet takes %d input channels: expected %d (or %d for inpainting)",
+                            wt_model_path(cm->m), inC, C, 2 * C + 1);
+    if (job->mode != CMD_TXT2IMG &&
+        (!ini || ini->width != job->width || ini->height != job->height ||
+         (job->mode == CMD_INPAINT && !ini->weight)))
+        return cm_error_set(err, CM_ERR_USAGE, "%s: the prepared input image does not fit the job size %dx%d",
+                            job->mode == CMD_INPAINT ? "inpaint" : "img2img", job->width, job->height);
+    int i0 = job->mode == CMD_TXT2IMG ? 0 : df_sampler_start_index(job->steps, job->strength);
+    if (i0 >= job->steps)
+        return cm_error_set(err, CM_ERR_USAGE, "--strength %g with --steps %d runs no step (int(steps * strength) = 0)",
+                            (double)job->strength, job->steps);
+    int strength_max = job->mode == CMD_TXT2IMG || job->strength >= 1.0f;
+    if (!ini || !ini->mean) {
+        /* image latents are needed unless 9-channel inpaint at strength 1 */
+        if (job->mode == CMD_IMG2IMG || (job->mode == CMD_INPAINT && (!nine || !strength_max)))
+            return cm_error_set(err, CM_ERR_USAGE, "img2img: the input image was not encoded");
+    }
+    int64_t n = (int64_t)C * hw, n_in = (int64_t)inC * hw;
+    res->method = cmd_inpaint_method(cm, job->mode);
 
     /* 1. Conditioning (cached across jobs with the same prompts). */
     double t0 = cm_time_now();
@@ -141,16 +310,20 @@ cm_status cmd_job_run(cmd_models *cm, cmd_cond_cache *cache, const cmd_job *job,
     int cfg = job->cfg > 1.0f;
     int B = cfg ? 2 : 1;
 
-    /* 2. Buffers: x, x_in (B copies), out (B), guided, context (B,T,D),
-     *    SDXL text_embeds / time_ids, decoded image. */
+    /* 2. Buffers: x, x_in (B rows of inC planes), out (B), guided, context
+     *    (B,T,D), SDXL text_embeds / time_ids, decoded image, then noise,
+     *    image latents and the 9-channel extra planes [mask, masked latents]. */
     int P = df_unet_pooled_dim(cm->unet), NT = df_unet_n_time_ids(cm->unet);
-    size_t floats = (size_t)n * (1 + 2 * B + 1) + (size_t)B * T * D + (size_t)B * (P + NT + 1) +
-                    (size_t)3 * job->width * job->height;
+    size_t floats = (size_t)n * (1 + 2 * B + 1) + (size_t)B * n_in + (size_t)B * T * D +
+                    (size_t)B * (P + NT + 1) + (size_t)3 * job->width * job->height +
+                    (size_t)n * 3 + (size_t)hw;
     buf = cm_alloc(floats * sizeof(float), "sampling buffers", err);
     if (!buf) return CM_ERR_NOMEM;
-    float *x = buf, *x_in = x + n, *out = x_in + B * n, *guided = out + B * n;
+    float *x = buf, *x_in = x + n, *out = x_in + (size_t)B * n_in, *guided = out + (size_t)B * n;
     float *ctx = guided + n, *temb = ctx + (size_t)B * T * D, *tids = temb + (size_t)B * P;
     float *tsteps = tids + (size_t)B * NT, *img = tsteps + B;
+    float *noise = img + (size_t)3 * job->width * job->height, *image_lat = noise + n;
+    float *extra = image_lat + n; /* (1 + C) planes: mask, masked-image latents */
     if (cfg) {
         memcpy(ctx, uc->data, sizeof(float) * (size_t)T * D);
         memcpy(ctx + (size_t)T * D, cc->data, sizeof(float) * (size_t)T * D);
@@ -173,10 +346,17 @@ cm_status cmd_job_run(cmd_models *cm, cmd_cond_cache *cache, const cmd_job *job,
         }
     }
 
-    /* 3. Initial noise. */
+    /* 3. The reference's draws, in its order (see the file header). */
     job_rng rng = {.kind = job->rng};
     if (job->rng == RNG_CUDA) cm_philox_seed(&rng.philox, job->seed);
     else cm_torch_rng_seed(&rng.torch, job->seed);
+    float sf = vae_scaling_factor(cm->vae), shift = vae_shift_factor(cm->vae);
+    int want_image = job->mode == CMD_IMG2IMG || (job->mode == CMD_INPAINT && (!nine || !strength_max));
+    if (want_image) {
+        if (!job->encode_mean) rng_draw(&rng, guided, n); /* guided: scratch until the loop */
+        vae_latent_from_moments(ini->mean, ini->logvar, job->encode_mean ? NULL : guided, n, sf, shift,
+                                image_lat);
+    }
     if (job->init_noise) {
         const cm_tensor *t = job->init_noise;
         if (t->ndim != 4 || t->shape[1] != C || t->shape[2] != h || t->shape[3] != w ||
@@ -187,12 +367,27 @@ cm_status cmd_job_run(cmd_models *cm, cmd_cond_cache *cache, const cmd_job *job,
                               (long long)t->shape[3], job->noise_row + 1, C, h, w);
             goto done;
         }
-        memcpy(x, t->data + (size_t)job->noise_row * n, sizeof(float) * (size_t)n);
+        memcpy(noise, t->data + (size_t)job->noise_row * n, sizeof(float) * (size_t)n);
     } else {
-        rng_draw(&rng, x, n);
+        rng_draw(&rng, noise, n);
+    }
+    if (job->mode == CMD_INPAINT && !job->encode_mean) {
+        rng_draw(&rng, guided, n); /* masked-image eps (unused by a 4-channel UNet) */
+        if (nine)
+            vae_latent_from_moments(ini->mmean, ini->mlogvar, guided, n, sf, shift, extra + hw);
+    } else if (job->mode == CMD_INPAINT && nine) {
+        vae_latent_from_moments(ini->mmean, NULL, NULL, n, sf, shift, extra + hw);
+    }
+    if (nine) {
+        if (job->mode == CMD_INPAINT) {
+            memcpy(extra, ini->mask_latent, sizeof(float) * (size_t)hw);
+        } else {
+            for (int64_t k = 0; k < hw; k++) extra[k] = 1.0f;
+            if ((st = blank_masked_latents(cm, job->width, job->height, extra + hw, err))) goto done;
+        }
     }
 
-    /* 4. Sampler. */
+    /* 4. Sampler and the starting latents. */
     df_schedule sched = cm->sched;
     if (job->prediction >= 0) sched.prediction = (df_prediction)job->prediction;
     df_sampler_opts so = {.spacing = job->spacing, .karras = job->karras, .eta = job->eta};
@@ -201,19 +396,24 @@ cm_status cmd_job_run(cmd_models *cm, cmd_cond_cache *cache, const cmd_job *job,
         st = err->status;
         goto done;
     }
-    float sig0 = df_sampler_init_noise_sigma(s);
-    for (int64_t i = 0; i < n; i++) x[i] *= sig0;
+    if (job->mode == CMD_IMG2IMG || (job->mode == CMD_INPAINT && !strength_max)) {
+        df_sampler_add_noise(s, i0, image_lat, noise, x);
+    } else {
+        float sig0 = df_sampler_init_noise_sigma(s);
+        for (int64_t i = 0; i < n; i++) x[i] = noise[i] * sig0;
+    }
 
     t0 = cm_time_now();
     cm_progress prog;
-    cm_progress_begin(&prog, "sampling", job->steps, job->quiet);
-    for (int i = 0; i < job->steps; i++) {
+    cm_progress_begin(&prog, "sampling", job->steps - i0, job->quiet);
+    for (int i = i0; i < job->steps; i++) {
         if (cm_interrupted) {
             st = cm_error_set(err, CM_ERR_INTERRUPTED, "interrupted");
             goto done;
         }
         df_sampler_model_input(s, i, x, x_in);
-        if (B == 2) memcpy(x_in + n, x_in, sizeof(float) * (size_t)n);
+        if (nine) memcpy(x_in + n, extra, sizeof(float) * (size_t)(n_in - n));
+        if (B == 2) memcpy(x_in + n_in, x_in, sizeof(float) * (size_t)n_in);
         float t = df_sampler_timestep(s, i);
         for (int b = 0; b < B; b++) tsteps[b] = t;
         df_unet_input in = {.x = x_in, .B = B, .h = h, .w = w, .timesteps = tsteps,
@@ -222,14 +422,15 @@ cm_status cmd_job_run(cmd_models *cm, cmd_cond_cache *cache, const cmd_job *job,
         if ((st = df_unet_forward(cm->unet, &in, out, err))) goto done;
         const float *mo = out;
         if (cfg) {
-            float g = job->cfg;
-            for (int64_t k = 0; k < n; k++) guided[k] = out[k] + g * (out[n + k] - out[k]);
+            df_cfg_combine(out, out + n, n, job->cfg, guided);
             mo = guided;
         }
         if ((st = df_sampler_step(s, i, mo, x, rng_draw, &rng, err))) goto done;
+        if (job->mode == CMD_INPAINT && !nine)
+            df_sampler_inpaint_blend(s, i, image_lat, noise, ini->mask_latent, C, hw, x);
         if (job->save_latents) {
             char name[32];
-            snprintf(name, sizeof name, "step_%03d", i);
+            snprintf(name, sizeof name, "step_%03d", i - i0);
             if ((st = save_latent(job->save_latents, name, x, C, h, w, err))) goto done;
         }
         cm_progress_step(&prog);
@@ -238,16 +439,20 @@ cm_status cmd_job_run(cmd_models *cm, cmd_cond_cache *cache, const cmd_job *job,
     res->t_sample = cm_time_now() - t0;
     if (job->save_latents && (st = save_latent(job->save_latents, "final", x, C, h, w, err))) goto done;
 
-    /* 5. Decode. */
+    /* 5. Decode; inpaint: composite onto the input. */
     t0 = cm_time_now();
     vae_unscale_latent(cm->vae, x, n, x);
-    if ((st = vae_decode(cm->vae, x, 1, h, w, img, err))) goto done;
+    if ((st = job->vae_tile > 0 ? vae_decode_tiled(cm->vae, x, 1, h, w, job->vae_tile, CMD_VAE_OVERLAP, img, err)
+                                : vae_decode(cm->vae, x, 1, h, w, img, err)))
+        goto done;
     res->rgb = cm_alloc((size_t)job->width * job->height * 3, "image", err);
     if (!res->rgb) {
         st = CM_ERR_NOMEM;
         goto done;
     }
     vae_to_u8(img, 1, job->height, job->width, res->rgb);
+    if (job->mode == CMD_INPAINT)
+        cmd_composite(ini->rgb, ini->weight, (int64_t)job->width * job->height, res->rgb);
     res->width = job->width;
     res->height = job->height;
     res->t_decode = cm_time_now() - t0;
