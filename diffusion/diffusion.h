@@ -248,4 +248,65 @@ void df_sampler_inpaint_blend(const df_sampler *s, int i, const float *image_lat
                               const float *noise, const float *mask, int64_t planes, int64_t hw,
                               float *x);
 
+
+/* ------------------------------------------------------------------------
+ * MMDiT (SD3 / SD3.5 denoiser, mmdit.c)
+ *
+ * The multimodal diffusion transformer over the original single-file
+ * names model.diffusion_model.{x_embedder, pos_embed, t_embedder,
+ * y_embedder, context_embedder, joint_blocks.i.{x_block,context_block},
+ * final_layer}, config section "transformer" (diffusers
+ * SD3Transformer2DModel field names; shapes fill what is missing). It
+ * predicts the flow velocity; drive it with DF_SAMPLER_FLOW_EULER:
+ *
+ *   x = noise (B, 16, h, w)                 init_noise_sigma is 1
+ *   for i: t = df_sampler_timestep(s, i)    = sigma_i * 1000, per row
+ *          v = MMDiT(x, t, context, pooled) on rows [uncond, cond]
+ *          guided = df_cfg_combine(...); df_sampler_step(s, i, guided, x)
+ *   VAE: z = x / scaling_factor + shift_factor (vae_unscale_latent)
+ * ---------------------------------------------------------------------- */
+
+typedef struct df_mmdit df_mmdit;
+
+/* Checks every tensor (presence and shape) up front; the model must
+ * outlive the MMDiT. SD3.5 q/k RMS norms (attn.ln_q / ln_k) are used when
+ * present; MMDiT-X dual attention (attn2) is CM_ERR_UNSUPPORTED. */
+df_mmdit *df_mmdit_create(const wt_model *m, cm_error *err);
+void df_mmdit_free(df_mmdit *d);
+int df_mmdit_in_channels(const df_mmdit *d);
+int df_mmdit_out_channels(const df_mmdit *d);
+/* Width of the context rows (joint_attention_dim: 4096 for SD3). */
+int df_mmdit_context_dim(const df_mmdit *d);
+/* Width of the pooled text embedding (pooled_projection_dim: 2048). */
+int df_mmdit_pooled_dim(const df_mmdit *d);
+/* h and w must be multiples of this (the patch size) and at most
+ * df_mmdit_max_latent_size (pos_embed_max_size x patch). */
+int df_mmdit_size_multiple(const df_mmdit *d);
+int df_mmdit_max_latent_size(const df_mmdit *d);
+/* Activation bytes df_mmdit_forward keeps for (B, h, w) and T tokens. */
+size_t df_mmdit_work_bytes(const df_mmdit *d, int B, int h, int w, int T);
+
+/* Debug hook: token-major (B, T, C) intermediates named as the reference's
+ * modules: "pos_embed", "time_text_embed" (T = 1), "context_embedder",
+ * "transformer_blocks.i.hidden", "transformer_blocks.i.context",
+ * "norm_out", "proj_out". Valid only during the call. */
+typedef void (*df_mmdit_debug_fn)(void *user, const char *name, const float *data, int B, int T,
+                                  int C);
+
+typedef struct {
+    const float *x;          /* (B, in_channels, h, w) NCHW */
+    int B, h, w;
+    const float *timesteps;  /* (B): sigma * 1000, fractional */
+    const float *context;    /* (B, T, context_dim) */
+    int T;
+    const float *pooled;     /* (B, pooled_dim) */
+    df_mmdit_debug_fn debug; /* optional */
+    void *debug_user;
+} df_mmdit_input;
+
+/* out: (B, out_channels, h, w) NCHW, must not overlap the inputs. The
+ * activation buffer is kept and grown only when a call needs more. Not
+ * thread-safe: one forward at a time per df_mmdit. */
+cm_status df_mmdit_forward(df_mmdit *d, const df_mmdit_input *in, float *out, cm_error *err);
+
 #endif

@@ -128,9 +128,164 @@ START_TEST(flow_euler_replay)
 }
 END_TEST
 
+/* ------------------------------------------------------------------------
+ * MMDiT forward against sd3-tiny/transformer
+ * ---------------------------------------------------------------------- */
+
+#define TRANSFORMER SD3_DIR "transformer.safetensors"
+
+/* encoder_hidden_states = rows [3, 0] of text_encoders.prompt_embeds */
+static float *golden_context(int *T, int *C)
+{
+    cm_tensor pe = {0};
+    tu_golden(SD3_DIR "text_encoders.safetensors", "prompt_embeds", &pe);
+    *T = (int)pe.shape[1];
+    *C = (int)pe.shape[2];
+    size_t row = (size_t)*T * (size_t)*C;
+    float *ctx = malloc(2 * row * sizeof(float));
+    ck_assert(ctx);
+    memcpy(ctx, pe.data + 3 * row, row * sizeof(float));
+    memcpy(ctx + row, pe.data, row * sizeof(float));
+    cm_tensor_release(&pe);
+    return ctx;
+}
+
+typedef struct {
+    int checked;
+} dbg_state;
+
+static void check_intermediate(void *user, const char *name, const float *data, int B, int T, int C)
+{
+    dbg_state *st = user;
+    char gname[96];
+    snprintf(gname, sizeof gname, "a.%s", name);
+    cm_tensor want = {0};
+    tu_golden(TRANSFORMER, gname, &want);
+    ck_assert_msg(cm_tensor_numel(&want) == (int64_t)B * T * C, "%s: %lld values, reference %lld", gname,
+                  (long long)B * T * C, (long long)cm_tensor_numel(&want));
+    TU_ASSERT_CLOSE(gname, data, want.data, cm_tensor_numel(&want), 1e-4);
+    cm_tensor_release(&want);
+    st->checked++;
+}
+
+static void run_mmdit(df_mmdit *d, const char *tname, const char *oname, int with_debug)
+{
+    cm_tensor x = {0}, t = {0}, pooled = {0}, want = {0};
+    tu_golden(TRANSFORMER, "x", &x);
+    tu_golden(TRANSFORMER, tname, &t);
+    tu_golden(TRANSFORMER, "pooled_projections", &pooled);
+    tu_golden(TRANSFORMER, oname, &want);
+    int T, C;
+    float *ctx = golden_context(&T, &C);
+    ck_assert_int_eq(C, df_mmdit_context_dim(d));
+    ck_assert_int_eq(pooled.shape[1], df_mmdit_pooled_dim(d));
+    dbg_state st = {0};
+    df_mmdit_input in = {
+        .x = x.data, .B = (int)x.shape[0], .h = (int)x.shape[2], .w = (int)x.shape[3],
+        .timesteps = t.data, .context = ctx, .T = T, .pooled = pooled.data,
+        .debug = with_debug ? check_intermediate : NULL, .debug_user = &st,
+    };
+    float *out = malloc((size_t)cm_tensor_numel(&want) * sizeof(float));
+    ck_assert(out);
+    cm_error err = {0};
+    ck_assert_msg(df_mmdit_forward(d, &in, out, &err) == CM_OK, "%s", err.msg);
+    TU_ASSERT_CLOSE(oname, out, want.data, cm_tensor_numel(&want), 1e-4);
+    if (with_debug) ck_assert_int_eq(st.checked, 8); /* pos, time, ctx, 0.hidden, 0.context, 1.hidden, norm, proj */
+    free(out);
+    free(ctx);
+    cm_tensor_release(&x);
+    cm_tensor_release(&t);
+    cm_tensor_release(&pooled);
+    cm_tensor_release(&want);
+}
+
+START_TEST(mmdit_golden)
+{
+    wt_model *m = open_sd3();
+    cm_error err = {0};
+    df_mmdit *d = df_mmdit_create(m, &err);
+    ck_assert_msg(d != NULL, "%s", err.msg);
+    ck_assert_int_eq(df_mmdit_in_channels(d), 16);
+    ck_assert_int_eq(df_mmdit_out_channels(d), 16);
+    ck_assert_int_eq(df_mmdit_size_multiple(d), 2);
+    ck_assert_int_eq(df_mmdit_max_latent_size(d), 16);
+    run_mmdit(d, "timestep_a", "out_a", 1);
+    run_mmdit(d, "timestep_b", "out_b", 0);
+    df_mmdit_free(d);
+    df_mmdit_free(NULL);
+    wt_model_close(m);
+}
+END_TEST
+
+START_TEST(mmdit_threads_limits)
+{
+    wt_model *m = open_sd3();
+    cm_error err = {0};
+    df_mmdit *d = df_mmdit_create(m, &err);
+    ck_assert(d);
+    cm_tensor x = {0}, t = {0}, pooled = {0};
+    tu_golden(TRANSFORMER, "x", &x);
+    tu_golden(TRANSFORMER, "timestep_b", &t);
+    tu_golden(TRANSFORMER, "pooled_projections", &pooled);
+    int T, C;
+    float *ctx = golden_context(&T, &C);
+    df_mmdit_input in = {.x = x.data, .B = 2, .h = 8, .w = 12, .timesteps = t.data, .context = ctx, .T = T,
+                         .pooled = pooled.data};
+    size_t n = (size_t)cm_tensor_numel(&x);
+    float *o1 = malloc(n * sizeof(float)), *o2 = malloc(n * sizeof(float));
+    ck_assert(o1 && o2);
+    int nt = cm_threads_get();
+    cm_threads_set(1);
+    ck_assert(df_mmdit_forward(d, &in, o1, &err) == CM_OK);
+    cm_threads_set(2);
+    ck_assert(df_mmdit_forward(d, &in, o2, &err) == CM_OK);
+    cm_threads_set(nt);
+    ck_assert(memcmp(o1, o2, n * sizeof(float)) == 0);
+
+    /* odd sizes and a latent too large for pos_embed are usage errors */
+    in.h = 7;
+    ck_assert_int_eq(df_mmdit_forward(d, &in, o1, &err), CM_ERR_USAGE);
+    in.h = 18;
+    ck_assert_int_eq(df_mmdit_forward(d, &in, o1, &err), CM_ERR_USAGE);
+    ck_assert_msg(strstr(err.msg, "pos_embed_max_size") != NULL, "%s", err.msg);
+    in.h = 8;
+    in.pooled = NULL;
+    ck_assert_int_eq(df_mmdit_forward(d, &in, o1, &err), CM_ERR_USAGE);
+    df_mmdit_free(d);
+
+    /* allocation failure on the first forward */
+    d = df_mmdit_create(m, &err);
+    ck_assert(d);
+    in.pooled = pooled.data;
+    cm_alloc_fail_at(1);
+    ck_assert_int_eq(df_mmdit_forward(d, &in, o1, &err), CM_ERR_NOMEM);
+    cm_alloc_fail_at(0);
+    ck_assert_int_eq(df_mmdit_forward(d, &in, o1, &err), CM_OK);
+    ck_assert(memcmp(o1, o2, n * sizeof(float)) == 0);
+    df_mmdit_free(d);
+
+    /* a model without the MMDiT: clear error */
+    wt_model *sd1 = wt_model_open(tu_data("golden/sd1-tiny/model/sd1-tiny_f16.safetensors"), &err);
+    ck_assert(sd1);
+    ck_assert(df_mmdit_create(sd1, &err) == NULL);
+    ck_assert_msg(strstr(err.msg, "x_embedder") != NULL, "%s", err.msg);
+    wt_model_close(sd1);
+
+    free(o1);
+    free(o2);
+    free(ctx);
+    cm_tensor_release(&x);
+    cm_tensor_release(&t);
+    cm_tensor_release(&pooled);
+    wt_model_close(m);
+}
+END_TEST
+
 TCase *tc_diffusion_mmdit(void)
 {
     TCase *tc = tu_tcase("diffusion_mmdit");
     tcase_add_test(tc, flow_euler_replay);
+    tcase_add_test(tc, mmdit_golden);
+    tcase_add_test(tc, mmdit_threads_limits);
     return tc;
 }
