@@ -72,4 +72,47 @@ char *cmd_parameters_text(const cmd_image_info *ii, cm_error *err);
  * or NULL when not found. */
 const char *cmd_builtin_model_path(void);
 
+/* ------------------------------------------------------------------------
+ * Memory pre-flight (preflight.c)
+ * ---------------------------------------------------------------------- */
+
+struct wt_model;
+struct te_encoder;
+struct df_unet;
+struct vae_model;
+
+#define CMD_VAE_TILE 64    /* latent pixels per tile of the automatic tiled decode */
+#define CMD_VAE_OVERLAP 16
+
+/* One job as the pre-flight sees it. */
+typedef struct {
+    const struct wt_model *m;
+    const struct te_encoder *te; /* for the prompt's token count; may be NULL */
+    const struct df_unet *unet;
+    const struct vae_model *vae;
+    int width, height;
+    int rows;                    /* UNet batch rows: 2 with CFG, else 1 */
+    const char *prompt, *negative;
+    int with_image;              /* img2img / inpaint: an input image is encoded */
+} cmd_mem_job;
+
+/* The estimate, in bytes (SIZE_MAX when it overflows). */
+typedef struct {
+    size_t weights, buffers, unet, vae, vae_tiled;
+    size_t kernels_unet, kernels_vae, kernels_vae_tiled, overhead;
+    size_t total;       /* with a whole-image VAE decode */
+    size_t total_tiled; /* with vae_decode_tiled(CMD_VAE_TILE, CMD_VAE_OVERLAP) */
+} cmd_mem_plan;
+
+void cmd_mem_estimate(const cmd_mem_job *j, cmd_mem_plan *p);
+/* Bytes this process may still use: min(MemAvailable, cgroup limit - use);
+ * 0 when unknown. *source names where it came from. */
+size_t cmd_mem_available(const char **source);
+/* "512M", "8G", "1.5GiB", "123456" (bytes) -> *out; 0 ok, -1 bad. */
+int cmd_parse_size(const char *s, size_t *out);
+/* Compare the estimate with max_memory (0: cmd_mem_available). Fits:
+ * CM_OK, *tiled 0. Fits only with tiled VAE decoding: CM_OK, *tiled 1 and
+ * a note on stderr. Neither: CM_ERR_NOMEM, the estimate in the message. */
+cm_status cmd_preflight(const cmd_mem_job *j, size_t max_memory, int *tiled, cm_error *err);
+
 #endif

@@ -2,6 +2,7 @@
  * exit codes. Only cmd/ prints to stdout, exits or parses arguments. */
 #include "cmd.h"
 
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,8 +62,35 @@ static const struct {
     {"jobs", cmd_jobs},
 };
 
+/* ------------------------------------------------------- process setup */
+
+/* STIPPLE_ALLOC_COUNT=1: print the number of cm_alloc calls at exit (to
+ * size the allocation-failure sweep of tests/cmd_bad.c). */
+static void print_alloc_count(void)
+{
+    fprintf(stderr, "stipple: allocations: %ld\n", cm_alloc_count());
+}
+
+/* Faults the program must survive as a clean error rather than a signal:
+ *  - SIGXFSZ (a file-size limit, `ulimit -f`): ignored, so the write fails
+ *    with EFBIG and cm_file_write_atomic removes its temporary file;
+ *  - SIGPIPE (stdout closed early): ignored, writes fail with EPIPE.
+ * Test hooks (environment): STIPPLE_FAIL_ALLOC=N makes the Nth allocation
+ * fail (cm_alloc_fail_at), STIPPLE_ALLOC_COUNT=1 reports the count. */
+static void process_setup(void)
+{
+    signal(SIGXFSZ, SIG_IGN);
+    signal(SIGPIPE, SIG_IGN);
+    const char *fa = getenv("STIPPLE_FAIL_ALLOC");
+    const char *ac = getenv("STIPPLE_ALLOC_COUNT");
+    if (fa && *fa) cm_alloc_fail_at(strtol(fa, NULL, 10));
+    else if (ac && *ac && strcmp(ac, "0")) cm_alloc_fail_at(0); /* count from here */
+    if (ac && *ac && strcmp(ac, "0")) atexit(print_alloc_count);
+}
+
 int main(int argc, char **argv)
 {
+    process_setup();
     if (argc < 2) {
         fputs(usage_text, stderr);
         return EXIT_USAGE;
