@@ -214,6 +214,103 @@ START_TEST(t5_limits)
 }
 END_TEST
 
+/* ------------------------------------------------------------------------
+ * SD3 conditioning (te_encoder on family sd3)
+ * ---------------------------------------------------------------------- */
+
+static void check_row(const te_cond *c, const cm_tensor *pe, const cm_tensor *pool, int row, int t5_zero,
+                      const char *what)
+{
+    const int64_t T = pe->shape[1], W = pe->shape[2], P = pool->shape[1];
+    ck_assert_int_eq(c->context.ndim, 3);
+    ck_assert_int_eq(c->context.shape[1], T);
+    ck_assert_int_eq(c->context.shape[2], W);
+    ck_assert_int_eq(c->pooled.shape[1], P);
+    char name[128];
+    const float *want = pe->data + (size_t)row * T * W;
+    snprintf(name, sizeof name, "%s: prompt_embeds row %d, CLIP part", what, row);
+    TU_ASSERT_CLOSE(name, c->context.data, want, TE_CTX * W, TOL);
+    if (t5_zero) {
+        for (int64_t i = TE_CTX * W; i < T * W; i++) ck_assert(c->context.data[i] == 0.0f);
+    } else {
+        snprintf(name, sizeof name, "%s: prompt_embeds row %d, T5 part", what, row);
+        TU_ASSERT_CLOSE(name, c->context.data + TE_CTX * W, want + TE_CTX * W, (T - TE_CTX) * W, TOL);
+    }
+    snprintf(name, sizeof name, "%s: pooled_projections row %d", what, row);
+    TU_ASSERT_CLOSE(name, c->pooled.data, pool->data + (size_t)row * P, P, TOL);
+}
+
+START_TEST(sd3_conditioning_golden)
+{
+    cm_tensor pe = {0}, pool = {0};
+    tu_golden(SD3_DIR "text_encoders.safetensors", "prompt_embeds", &pe);
+    tu_golden(SD3_DIR "text_encoders.safetensors", "pooled_projections", &pool);
+    cJSON *meta = tu_golden_meta(SD3_DIR "tokens.safetensors");
+    wt_model *m = open_sd3(0);
+    ck_assert_int_eq(wt_model_family(m), WT_FAMILY_SD3);
+    cm_error err = {0};
+    te_encoder *e = te_encoder_create(m, &err);
+    ck_assert_msg(e != NULL, "%s", err.msg);
+    te_cond c = {0}, u = {0};
+    /* rows 0..2 = P0..P2 (P2 long: truncated), row 3 = "" */
+    for (int r = 0; r < 3; r++) {
+        ck_assert_msg(te_encode_pair(e, prompt_at(meta, r), prompt_at(meta, 3), 0, &c, &u, &err) == CM_OK, "%s",
+                      err.msg);
+        check_row(&c, &pe, &pool, r, 0, "cond");
+        check_row(&u, &pe, &pool, 3, 0, "uncond");
+        te_cond_release(&c);
+        te_cond_release(&u);
+    }
+    /* same prompt and negative: one encoding, two equal conds */
+    ck_assert(te_encode_pair(e, prompt_at(meta, 1), prompt_at(meta, 1), 0, &c, &u, &err) == CM_OK);
+    check_row(&u, &pe, &pool, 1, 0, "uncond = cond");
+    te_cond_release(&c);
+    te_cond_release(&u);
+
+    /* --no-t5: the T5 rows are zeros, the rest unchanged */
+    ck_assert_int_eq(te_encoder_set_t5(e, 0, TE_T5_MAX_LEN, &err), CM_OK);
+    ck_assert(te_encode_pair(e, prompt_at(meta, 0), "", 0, &c, &u, &err) == CM_OK);
+    check_row(&c, &pe, &pool, 0, 1, "no-t5 cond");
+    check_row(&u, &pe, &pool, 3, 1, "no-t5 uncond");
+    te_cond_release(&c);
+    te_cond_release(&u);
+    /* a shorter T5 sequence: 77 + 16 rows (no golden: T5 attention sees
+     * the padding, so the states differ from the 256-token run) */
+    ck_assert_int_eq(te_encoder_set_t5(e, 1, 16, &err), CM_OK);
+    ck_assert(te_encode_pair(e, prompt_at(meta, 0), "", 0, &c, &u, &err) == CM_OK);
+    ck_assert_int_eq(c.context.shape[1], TE_CTX + 16);
+    te_cond_release(&c);
+    te_cond_release(&u);
+    ck_assert_int_eq(te_encoder_set_t5(e, 1, 0, &err), CM_ERR_USAGE);
+    te_encoder_free(e);
+    wt_model_close(m);
+
+    /* a model without T5: zeros of the same shape */
+    m = open_sd3(1);
+    e = te_encoder_create(m, &err);
+    ck_assert_msg(e != NULL, "%s", err.msg);
+    ck_assert(te_encode_pair(e, prompt_at(meta, 2), "", 0, &c, &u, &err) == CM_OK);
+    check_row(&c, &pe, &pool, 2, 1, "without T5");
+    te_cond_release(&c);
+    te_cond_release(&u);
+    te_encoder_free(e);
+    wt_model_close(m);
+
+    /* SD1 has no T5 options */
+    m = wt_model_open(tu_data("golden/sd1-tiny/model/sd1-tiny_f16.safetensors"), &err);
+    ck_assert(m);
+    e = te_encoder_create(m, &err);
+    ck_assert(e);
+    ck_assert_int_eq(te_encoder_set_t5(e, 0, 256, &err), CM_ERR_USAGE);
+    te_encoder_free(e);
+    wt_model_close(m);
+
+    cJSON_Delete(meta);
+    cm_tensor_release(&pe);
+    cm_tensor_release(&pool);
+}
+END_TEST
+
 TCase *tc_textenc_t5(void)
 {
     TCase *tc = tu_tcase("textenc_t5");
@@ -221,5 +318,6 @@ TCase *tc_textenc_t5(void)
     tcase_add_test(tc, t5_buckets);
     tcase_add_test(tc, t5_encoder_golden);
     tcase_add_test(tc, t5_limits);
+    tcase_add_test(tc, sd3_conditioning_golden);
     return tc;
 }

@@ -41,6 +41,7 @@ struct te_encoder {
     te_tokenizer *tok;
     te_clip *enc1;     /* SD1 CLIP-L, SD2 OpenCLIP-H, SDXL CLIP-L */
     te_clip *enc2;     /* SDXL OpenCLIP-bigG, else NULL */
+    te_sd3 *sd3;       /* SD3: CLIP-L + CLIP-G + T5 (sd3.c), else NULL */
     int32_t pad1, pad2;
     int default_skip;  /* clip_skip used when the caller passes 0 */
     /* The last pair encoded: a repeated call (next image of a batch, next
@@ -114,6 +115,10 @@ te_encoder *te_encoder_create(const wt_model *m, cm_error *err)
         e->default_skip = 2;
         break;
     }
+    case WT_FAMILY_SD3:
+        e->sd3 = te_sd3_create(m, err);
+        if (!e->sd3) goto fail;
+        break;
     default:
         cm_error_set(err, CM_ERR_UNSUPPORTED, "%s: no CLIP text conditioning for model family %s",
                      wt_model_path(m), wt_family_name(e->family));
@@ -133,6 +138,7 @@ void te_encoder_free(te_encoder *e)
     if (!e) return;
     te_clip_free(e->enc1);
     te_clip_free(e->enc2);
+    te_sd3_free(e->sd3);
     te_tokenizer_free(e->tok);
     cm_free(e->last_prompt);
     cm_free(e->last_negative);
@@ -249,6 +255,7 @@ static cm_status copy_cond(te_cond *dst, const te_cond *src, cm_error *err)
 static cm_status encode_pair(te_encoder *e, const char *prompt, const char *negative, int clip_skip,
                              te_cond *cond, te_cond *uncond, cm_error *err)
 {
+    if (e->sd3) return te_sd3_encode_pair(e->sd3, e->tok, prompt, negative, clip_skip, cond, uncond, err);
 
     const int zero_uncond = e->family == WT_FAMILY_SDXL && negative[0] == 0;
     const int same = !zero_uncond && !strcmp(prompt, negative);
@@ -410,4 +417,19 @@ cm_status te_encode_pair(te_encoder *e, const char *prompt, const char *negative
         te_cond_release(&e->last_uncond);
     }
     return CM_OK;
+}
+
+cm_status te_encoder_set_t5(te_encoder *e, int use_t5, int max_length, cm_error *err)
+{
+    if (!e->sd3)
+        return cm_error_set(err, CM_ERR_USAGE, "T5 options: the model (family %s) has no T5 text encoder",
+                            wt_family_name(e->family));
+    cm_status st = te_sd3_set_t5(e->sd3, use_t5, max_length, err);
+    /* the remembered pair was encoded with the old options */
+    cm_free(e->last_prompt);
+    cm_free(e->last_negative);
+    e->last_prompt = e->last_negative = NULL;
+    te_cond_release(&e->last_cond);
+    te_cond_release(&e->last_uncond);
+    return st;
 }

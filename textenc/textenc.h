@@ -60,4 +60,14 @@ cm_status te_encode_pair(te_encoder *e, const char *prompt, const char *negative
                          te_cond *cond, te_cond *uncond, cm_error *err);
 void te_cond_release(te_cond *c);
 
+
+/* SD3 (family sd3) only: use_t5 0 replaces the T5 rows of the context by
+ * zeros (--no-t5; also what happens when the model has no T5), max_length
+ * is the T5 token count (--t5-max-length, default 256). The SD3 context is
+ * (1, 77 + max_length, 4096) = [CLIP-L|CLIP-G penultimate states
+ * zero-padded to 4096 ; T5 states], pooled (1, 2048) = [CLIP-L pooled,
+ * CLIP-G projected pooled]. CM_ERR_USAGE for other families or a length
+ * outside 1..4096. */
+cm_status te_encoder_set_t5(te_encoder *e, int use_t5, int max_length, cm_error *err);
+
 #endif

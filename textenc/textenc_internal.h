@@ -132,4 +132,22 @@ cm_status te_t5_encode(const te_t5 *t, const int32_t *ids, int B, int T, float *
 /* The relative-position bucket of rel = key - query (bidirectional). */
 int te_t5_bucket(int rel, int num_buckets, int max_distance);
 
+
+/* ------------------------------------------------------------------------
+ * sd3.c — SD3 conditioning: CLIP-L + CLIP-G penultimate states and T5
+ * (or zeros) as one context, pooled = [clip_l pooled, clip_g projected].
+ * ---------------------------------------------------------------------- */
+
+typedef struct te_sd3 te_sd3;
+te_sd3 *te_sd3_create(const wt_model *m, cm_error *err);
+void te_sd3_free(te_sd3 *s);
+/* use_t5 0: zeros instead of T5; max_length: T5 tokens (default 256). */
+cm_status te_sd3_set_t5(te_sd3 *s, int use_t5, int max_length, cm_error *err);
+int te_sd3_has_t5(const te_sd3 *s);
+/* cond / uncond: context (1, 77 + max_length, joint_attention_dim),
+ * pooled (1, clip_l width + clip_g projection). */
+cm_status te_sd3_encode_pair(te_sd3 *s, const te_tokenizer *tok, const char *prompt,
+                             const char *negative, int clip_skip, te_cond *cond, te_cond *uncond,
+                             cm_error *err);
+
 #endif
