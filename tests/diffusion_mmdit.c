@@ -281,11 +281,89 @@ START_TEST(mmdit_threads_limits)
 }
 END_TEST
 
+/* ------------------------------------------------------------------------
+ * The whole sd3-tiny txt2img trajectory: golden conditioning (rows [3, 0]
+ * of text_encoders: negative "", P0) and initial noise, MMDiT + CFG 7 +
+ * flow_euler, every step's latents within 1e-4.
+ * ---------------------------------------------------------------------- */
+
+START_TEST(mmdit_txt2img_trajectory)
+{
+    wt_model *m = open_sd3();
+    cm_error err = {0};
+    df_mmdit *d = df_mmdit_create(m, &err);
+    ck_assert_msg(d != NULL, "%s", err.msg);
+    df_schedule sc;
+    ck_assert(df_schedule_init(&sc, wt_model_section(m, "scheduler"), &err) == CM_OK);
+    cJSON *meta = tu_golden_meta(TXT2IMG);
+    const int steps = wt_cfg_int(meta, "steps", 0);
+    const float g = (float)wt_cfg_num(meta, "guidance_scale", 0);
+
+    int T, C;
+    float *ctx = golden_context(&T, &C);
+    cm_tensor pool = {0}, x = {0};
+    tu_golden(SD3_DIR "text_encoders.safetensors", "pooled_projections", &pool);
+    const int P = (int)pool.shape[1];
+    float *pooled = malloc(2 * (size_t)P * sizeof(float));
+    ck_assert(pooled);
+    memcpy(pooled, pool.data + 3 * (size_t)P, (size_t)P * sizeof(float));
+    memcpy(pooled + P, pool.data, (size_t)P * sizeof(float));
+    tu_golden(TXT2IMG, "initial_noise", &x);
+    const int64_t n = cm_tensor_numel(&x);
+    const int h = (int)x.shape[2], w = (int)x.shape[3];
+
+    df_sampler *s = df_sampler_create(DF_SAMPLER_FLOW_EULER, &sc, steps, NULL, n, &err);
+    ck_assert(s);
+    float *xin = malloc(2 * (size_t)n * sizeof(float)), *vo = malloc(2 * (size_t)n * sizeof(float));
+    float *guided = malloc((size_t)n * sizeof(float));
+    ck_assert(xin && vo && guided);
+    for (int e = 0; e < n; e++) x.data[e] *= df_sampler_init_noise_sigma(s);
+    for (int i = 0; i < steps; i++) {
+        df_sampler_model_input(s, i, x.data, xin);
+        memcpy(xin + n, xin, (size_t)n * sizeof(float));
+        float t[2] = {df_sampler_timestep(s, i), df_sampler_timestep(s, i)};
+        df_mmdit_input in = {.x = xin, .B = 2, .h = h, .w = w, .timesteps = t, .context = ctx, .T = T,
+                             .pooled = pooled};
+        ck_assert_msg(df_mmdit_forward(d, &in, vo, &err) == CM_OK, "%s", err.msg);
+        char name[64];
+        cm_tensor want = {0};
+        snprintf(name, sizeof name, "step%d.out_cond", i);
+        tu_golden(TXT2IMG, name, &want);
+        TU_ASSERT_CLOSE(name, vo + n, want.data, n, 1e-4);
+        cm_tensor_release(&want);
+        df_cfg_combine(vo, vo + n, n, g, guided);
+        ck_assert(df_sampler_step(s, i, guided, x.data, NULL, NULL, &err) == CM_OK);
+        snprintf(name, sizeof name, "step%d.latents", i);
+        tu_golden(TXT2IMG, name, &want);
+        TU_ASSERT_CLOSE(name, x.data, want.data, n, 1e-4);
+        cm_tensor_release(&want);
+    }
+    cm_tensor fin = {0};
+    tu_golden(TXT2IMG, "final_latents", &fin);
+    TU_ASSERT_CLOSE("final_latents", x.data, fin.data, n, 1e-4);
+
+    cm_tensor_release(&fin);
+    free(xin);
+    free(vo);
+    free(guided);
+    free(pooled);
+    free(ctx);
+    cm_tensor_release(&pool);
+    cm_tensor_release(&x);
+    df_sampler_free(s);
+    df_schedule_release(&sc);
+    cJSON_Delete(meta);
+    df_mmdit_free(d);
+    wt_model_close(m);
+}
+END_TEST
+
 TCase *tc_diffusion_mmdit(void)
 {
     TCase *tc = tu_tcase("diffusion_mmdit");
     tcase_add_test(tc, flow_euler_replay);
     tcase_add_test(tc, mmdit_golden);
     tcase_add_test(tc, mmdit_threads_limits);
+    tcase_add_test(tc, mmdit_txt2img_trajectory);
     return tc;
 }
