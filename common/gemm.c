@@ -20,6 +20,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -200,6 +201,256 @@ int cm_isa_force(const char *name)
 }
 
 /* ------------------------------------------------------------------------
+ * Packed-weight cache.
+ *
+ * Packing B (gather, dtype conversion, transpose into NR panels) costs about
+ * as much as a few rows of the GEMM, so at small M (8x8 latents, the text
+ * encoder, the built-in model) it dominates. The same layer runs again at
+ * every sampling step, so its panels are kept, keyed by what determines
+ * them: the weight view (data pointer, dtype, shape), the pack callback
+ * and its geometry (taps, upsample phase) and the microkernel width.
+ *
+ * A mapping can be unmapped and another mapped at the same address, and a
+ * float32 view may wrap a buffer whose contents change, so every hit is
+ * checked against a fingerprint of 64 sampled elements plus both ends of
+ * the weight; a mismatch repacks. cm_pack_cache_clear() drops everything
+ * (call it when a model file is closed).
+ *
+ * Only jobs with M <= PC_MAX_M are cached: above that, packing is a few
+ * percent of the work and the float32 panels (2x an f16 checkpoint) would
+ * be resident memory for nothing. Bounded by a byte budget (default 25 %
+ * of physical memory, env STIPPLE_PACK_CACHE_MB, 0 disables) with
+ * least-recently-used eviction. Kernels are called one at a time, but the
+ * table is still guarded by a critical section and entries in use are
+ * never evicted.
+ * ---------------------------------------------------------------------- */
+
+#define PC_MAX_M 512
+
+typedef struct pc_entry pc_entry;
+struct pc_entry {
+    const void *data;
+    cm_dtype dtype;
+    int ndim;
+    int64_t shape[CM_MAX_DIMS];
+    void (*packb)(const cm_gemm_job *, int64_t, int, int, float *);
+    int ntap, nr, up_py, up_px, KH, KW, geglu;
+    int64_t N, C;
+    uint64_t fp;
+    size_t bytes;
+    uint64_t last_use;
+    int refs;
+    float *panels;
+    pc_entry *next;
+};
+
+static struct {
+    int init;
+    size_t budget, used;
+    uint64_t clock;
+    long hits, misses;
+    pc_entry *head;
+} g_pc;
+
+static void pc_init(void)
+{
+    if (g_pc.init) return;
+    g_pc.init = 1;
+    const char *env = getenv("STIPPLE_PACK_CACHE_MB");
+    if (env && *env) {
+        g_pc.budget = (size_t)strtoull(env, NULL, 10) << 20;
+        return;
+    }
+    long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGE_SIZE);
+    g_pc.budget = pages > 0 && psz > 0 ? (size_t)pages * (size_t)psz / 4 : (size_t)1 << 30;
+}
+
+static uint64_t pc_mix(uint64_t h, uint64_t v)
+{
+    h ^= v + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
+    h *= 0xff51afd7ed558ccdULL;
+    return h ^ (h >> 33);
+}
+
+/* Fingerprint of the weight contents: 64 elements spread over the tensor
+ * and the first and last 16 elements. */
+static uint64_t pc_fingerprint(const cm_wview *w)
+{
+    int64_t n = cm_wview_numel(w);
+    size_t es = cm_dtype_size(w->dtype);
+    const unsigned char *b = w->data;
+    uint64_t h = 0x243f6a8885a308d3ULL;
+    if (n <= 0) return h;
+    for (int i = 0; i < 96; i++) {
+        int64_t idx = i < 64 ? (n - 1) * i / 63 : (i < 80 ? i - 64 : n - 1 - (i - 80));
+        if (idx < 0 || idx >= n) continue;
+        uint64_t v = 0;
+        memcpy(&v, b + (size_t)idx * es, es < 8 ? es : 8);
+        h = pc_mix(h, v ^ (uint64_t)idx << 40);
+    }
+    return h;
+}
+
+static int pc_key_eq(const pc_entry *e, const cm_gemm_job *jb, int nr)
+{
+    const cm_wview *w = jb->w;
+    if (e->data != w->data || e->dtype != w->dtype || e->ndim != w->ndim || e->packb != jb->packb ||
+        e->ntap != jb->ntap || e->nr != nr || e->up_py != jb->up_py || e->up_px != jb->up_px ||
+        e->KH != jb->KH || e->KW != jb->KW || e->geglu != jb->geglu || e->N != jb->N ||
+        e->C != jb->C)
+        return 0;
+    for (int d = 0; d < w->ndim; d++)
+        if (e->shape[d] != w->shape[d]) return 0;
+    return 1;
+}
+
+static void pc_unlink_free(pc_entry *e)
+{
+    pc_entry **pp = &g_pc.head;
+    while (*pp && *pp != e) pp = &(*pp)->next;
+    if (*pp) *pp = e->next;
+    g_pc.used -= e->bytes;
+    cm_free(e->panels);
+    free(e);
+}
+
+/* Evict least-recently-used idle entries until `need` more bytes fit. */
+static int pc_make_room(size_t need)
+{
+    while (g_pc.used + need > g_pc.budget) {
+        pc_entry *lru = NULL;
+        for (pc_entry *e = g_pc.head; e; e = e->next)
+            if (!e->refs && (!lru || e->last_use < lru->last_use)) lru = e;
+        if (!lru) return 0;
+        pc_unlink_free(lru);
+    }
+    return 1;
+}
+
+/* A cached, still-valid panel set for the job (refs taken), or NULL. */
+static pc_entry *pc_lookup(const cm_gemm_job *jb, int nr, uint64_t fp)
+{
+    pc_entry *hit = NULL, *stale = NULL;
+#pragma omp critical(cm_pack_cache)
+    {
+        for (pc_entry *e = g_pc.head; e; e = e->next)
+            if (pc_key_eq(e, jb, nr)) {
+                if (e->fp == fp)
+                    hit = e;
+                else if (!e->refs)
+                    stale = e;
+                break;
+            }
+        if (stale) pc_unlink_free(stale);
+        if (hit) {
+            hit->refs++;
+            hit->last_use = ++g_pc.clock;
+            g_pc.hits++;
+        } else {
+            g_pc.misses++;
+        }
+    }
+    return hit;
+}
+
+/* Hand freshly packed panels to the cache. Returns the entry (refs taken)
+ * or NULL when they do not fit (the caller frees them). */
+static pc_entry *pc_insert(const cm_gemm_job *jb, int nr, uint64_t fp, float *panels, size_t bytes)
+{
+    pc_entry *e = NULL;
+#pragma omp critical(cm_pack_cache)
+    {
+        if (bytes <= g_pc.budget && pc_make_room(bytes)) {
+            e = calloc(1, sizeof *e);
+            if (e) {
+                e->data = jb->w->data;
+                e->dtype = jb->w->dtype;
+                e->ndim = jb->w->ndim;
+                memcpy(e->shape, jb->w->shape, sizeof e->shape);
+                e->packb = jb->packb;
+                e->ntap = jb->ntap;
+                e->nr = nr;
+                e->up_py = jb->up_py;
+                e->up_px = jb->up_px;
+                e->KH = jb->KH;
+                e->KW = jb->KW;
+                e->geglu = jb->geglu;
+                e->N = jb->N;
+                e->C = jb->C;
+                e->fp = fp;
+                e->bytes = bytes;
+                e->last_use = ++g_pc.clock;
+                e->refs = 1;
+                e->panels = panels;
+                e->next = g_pc.head;
+                g_pc.head = e;
+                g_pc.used += bytes;
+            }
+        }
+    }
+    return e;
+}
+
+static void pc_release(pc_entry *e)
+{
+#pragma omp critical(cm_pack_cache)
+    {
+        e->refs--;
+        if (g_pc.used > g_pc.budget && !e->refs) pc_unlink_free(e);
+    }
+}
+
+void cm_pack_cache_set_budget(size_t bytes)
+{
+#pragma omp critical(cm_pack_cache)
+    {
+        pc_init();
+        g_pc.budget = bytes;
+        pc_make_room(0);
+    }
+}
+
+size_t cm_pack_cache_budget(void)
+{
+    size_t b;
+#pragma omp critical(cm_pack_cache)
+    {
+        pc_init();
+        b = g_pc.budget;
+    }
+    return b;
+}
+
+void cm_pack_cache_clear(void)
+{
+#pragma omp critical(cm_pack_cache)
+    {
+        pc_entry **pp = &g_pc.head;
+        while (*pp) {
+            pc_entry *e = *pp;
+            if (e->refs) {
+                pp = &e->next;
+                continue;
+            }
+            *pp = e->next;
+            g_pc.used -= e->bytes;
+            cm_free(e->panels);
+            free(e);
+        }
+    }
+}
+
+void cm_pack_cache_stats(size_t *bytes, long *hits, long *misses)
+{
+#pragma omp critical(cm_pack_cache)
+    {
+        if (bytes) *bytes = g_pc.used;
+        if (hits) *hits = g_pc.hits;
+        if (misses) *misses = g_pc.misses;
+    }
+}
+
+/* ------------------------------------------------------------------------
  * The engine
  * ---------------------------------------------------------------------- */
 
@@ -274,16 +525,52 @@ static void epilogue_c(const cm_gemm_job *jb, const float *bias, int64_t m0, int
     epilogue_body(jb, bias, m0, mc, n0, nc, acc, ldc);
 }
 
+/* GEGLU epilogue for one a/gate panel pair: acc holds the a columns at
+ * [0, nr) and the gate columns at [nr, 2nr) of each row (stride ldc).
+ * Same operations as the plain epilogue followed by cm_geglu. */
+CM_INLINE void epilogue_geglu_body(const cm_gemm_job *jb, const float *bias_all, int64_t m0,
+                                   int64_t mc, int64_t n0, int64_t nc, const float *acc,
+                                   int64_t ldc, int nr)
+{
+    const float *ba = bias_all + n0, *bg = bias_all + jb->N + n0;
+    for (int64_t r = 0; r < mc; r++) {
+        float *yr = jb->yrow(jb, m0 + r) + n0;
+        const float *ar = acc + r * ldc, *gr = ar + nr;
+#pragma omp simd
+        for (int64_t n = 0; n < nc; n++) {
+            float a = ar[n] + ba[n], g = gr[n] + bg[n];
+            yr[n] = a * cm_vact(g, CM_ACT_GELU);
+        }
+    }
+}
+CM_TARGET_AVX2 static void epilogue_geglu_avx2(const cm_gemm_job *jb, const float *bias,
+                                               int64_t m0, int64_t mc, int64_t n0, int64_t nc,
+                                               const float *acc, int64_t ldc)
+{
+    epilogue_geglu_body(jb, bias, m0, mc, n0, nc, acc, ldc, cm_isa_current()->nr);
+}
+static void epilogue_geglu_c(const cm_gemm_job *jb, const float *bias, int64_t m0, int64_t mc,
+                             int64_t n0, int64_t nc, const float *acc, int64_t ldc)
+{
+    epilogue_geglu_body(jb, bias, m0, mc, n0, nc, acc, ldc, cm_isa_current()->nr);
+}
+
 void cm_gemm_run(const cm_gemm_job *jb)
 {
     const cm_isa *isa = cm_isa_current();
     const int mr = isa->mr, nr = isa->nr;
     const int64_t M = jb->M, N = jb->N, C = jb->C, K = (int64_t)jb->ntap * C;
     if (M <= 0 || N <= 0) return;
-    const int64_t npan = ceil_div(N, nr);
+    const int gg = jb->geglu ? 2 : 1; /* panels per output panel */
+    const int64_t npan = gg * ceil_div(N, nr);
 
-    float *bp = cm_alloc((size_t)(npan * nr * (K > 0 ? K : 1)) * sizeof(float), "gemm B panels",
-                         NULL);
+    /* B panels: from the packed-weight cache, or packed below. */
+    size_t bp_bytes = (size_t)(npan * nr * (K > 0 ? K : 1)) * sizeof(float);
+    int cacheable = jb->w && M <= PC_MAX_M && cm_pack_cache_budget() > 0;
+    uint64_t fp = cacheable ? pc_fingerprint(jb->w) : 0;
+    pc_entry *pce = cacheable ? pc_lookup(jb, nr, fp) : NULL;
+    float *bp = pce ? pce->panels : cm_alloc(bp_bytes, "gemm B panels", NULL);
+    const int need_pack = !pce;
     CM_ASSERT(bp);
 
     /* Blocking: rows in blocks of MC, columns in blocks of ncp panels;
@@ -294,12 +581,13 @@ void cm_gemm_run(const cm_gemm_job *jb)
     int64_t ncp = ceil_div(512, nr);
     int nt = cm_threads_get();
     if (ncp > npan) ncp = npan;
-    while (ncp > 1 && mb * ceil_div(npan, ncp) < 2 * nt) ncp = ceil_div(ncp, 2);
+    while (ncp > gg && mb * ceil_div(npan, ncp) < 2 * nt) ncp = ceil_div(ncp, 2);
+    ncp = ceil_div(ncp, gg) * gg; /* geglu: a/gate panel pairs stay together */
     int64_t nb = ceil_div(npan, ncp);
     int64_t kc_blk = C < KC_MAX ? (C > 0 ? C : 1) : KC_MAX;
     size_t a_sz = (size_t)(mc_blk * kc_blk), c_sz = (size_t)(mc_blk * ncp * nr);
     float *work = cm_alloc((size_t)nt * (a_sz + c_sz) * sizeof(float), "gemm work", NULL);
-    float *zeros = jb->bias ? NULL : cm_calloc((size_t)N * sizeof(float), "gemm bias", NULL);
+    float *zeros = jb->bias ? NULL : cm_calloc((size_t)(gg * N) * sizeof(float), "gemm bias", NULL);
     const float *bias = jb->bias ? jb->bias : zeros;
     CM_ASSERT(work && bias);
 
@@ -312,10 +600,13 @@ void cm_gemm_run(const cm_gemm_job *jb)
         float *apk = work + (size_t)tid * (a_sz + c_sz);
         float *acc = apk + a_sz;
 
+        if (need_pack) {
 #pragma omp for schedule(static)
-        for (int64_t p = 0; p < npan; p++) {
-            int64_t valid = N - p * nr < nr ? N - p * nr : nr;
-            jb->packb(jb, p, nr, (int)valid, bp + p * nr * K);
+            for (int64_t p = 0; p < npan; p++) {
+                int64_t c0 = (p / gg) * nr;
+                int64_t valid = N - c0 < nr ? N - c0 : nr;
+                jb->packb(jb, p, nr, (int)valid, bp + p * nr * K);
+            }
         }
 
 #pragma omp for schedule(dynamic, 1)
@@ -339,14 +630,28 @@ void cm_gemm_run(const cm_gemm_job *jb)
                     }
                     first = 0;
                 }
-            int64_t n0 = p0 * nr, nc = N - n0 < ldc ? N - n0 : ldc;
-            if (CM_HAVE_AVX2_CLONES && isa != &isa_portable)
-                epilogue_avx2(jb, bias, m0, mc, n0, nc, acc, ldc);
-            else
-                epilogue_c(jb, bias, m0, mc, n0, nc, acc, ldc);
+            if (jb->geglu) {
+                for (int64_t q = 0; q < np / 2; q++) {
+                    int64_t n0 = (p0 / 2 + q) * nr, nc = N - n0 < nr ? N - n0 : nr;
+                    if (CM_HAVE_AVX2_CLONES && isa != &isa_portable)
+                        epilogue_geglu_avx2(jb, bias, m0, mc, n0, nc, acc + 2 * q * nr, ldc);
+                    else
+                        epilogue_geglu_c(jb, bias, m0, mc, n0, nc, acc + 2 * q * nr, ldc);
+                }
+            } else {
+                int64_t n0 = p0 * nr, nc = N - n0 < ldc ? N - n0 : ldc;
+                if (CM_HAVE_AVX2_CLONES && isa != &isa_portable)
+                    epilogue_avx2(jb, bias, m0, mc, n0, nc, acc, ldc);
+                else
+                    epilogue_c(jb, bias, m0, mc, n0, nc, acc, ldc);
+            }
         }
     }
     cm_free(zeros);
     cm_free(work);
-    cm_free(bp);
+    if (!pce && cacheable) pce = pc_insert(jb, nr, fp, bp, bp_bytes);
+    if (pce)
+        pc_release(pce);
+    else
+        cm_free(bp);
 }

@@ -125,6 +125,45 @@ void cm_linear(const float *x, int64_t ldx, int64_t M, int64_t K, const cm_wview
     cm_free(bf);
 }
 
+/* GEGLU: job panel p = output panel p/2 of the a half (p even) or of the
+ * gate half (p odd) of w (2N,K). */
+static void geglu_packb(const cm_gemm_job *j, int64_t p, int nr, int valid, float *dst)
+{
+    int64_t K = j->C, row0 = (p & 1 ? j->N : 0) + (p >> 1) * nr;
+    for (int jj = 0; jj < nr; jj++) {
+        if (jj < valid)
+            cvt_strided(j->w, (row0 + jj) * K, K, 1, dst + jj, nr);
+        else
+            for (int64_t k = 0; k < K; k++) dst[k * nr + jj] = 0.0f;
+    }
+}
+
+void cm_linear_geglu(const float *x, int64_t ldx, int64_t M, int64_t K, const cm_wview *w,
+                     const cm_wview *bias, float *y, int64_t ldy)
+{
+    int64_t N2 = w->shape[0], N = N2 / 2;
+    CM_ASSERT(N2 == 2 * N && cm_wview_numel(w) == N2 * K);
+    float *bf = vec_f32(bias, N2);
+    cm_gemm_job jb = {0};
+    jb.M = M;
+    jb.N = N;
+    jb.C = K;
+    jb.ntap = 1;
+    jb.arow = lin_arow;
+    jb.yrow = lin_yrow;
+    jb.packb = geglu_packb;
+    jb.bias = bf;
+    jb.act = CM_ACT_NONE;
+    jb.geglu = 1;
+    jb.x = x;
+    jb.ldx = ldx;
+    jb.y = y;
+    jb.ldy = ldy;
+    jb.w = w;
+    cm_gemm_run(&jb);
+    cm_free(bf);
+}
+
 static void f32_packb(const cm_gemm_job *j, int64_t p, int nr, int valid, float *dst)
 {
     int64_t K = j->C;

@@ -83,8 +83,12 @@ struct cm_gemm_job {
     /* Fill panel p (columns p*nr .. p*nr+nr-1, of which `valid` exist):
      * dst[k*nr + j] for k < K, zero for j >= valid. */
     void (*packb)(const cm_gemm_job *j, int64_t p, int nr, int valid, float *dst);
-    const float *bias; /* float32 (N) or NULL */
+    const float *bias; /* float32 (N) or NULL; (2N) for geglu */
     cm_act act;
+    /* GEGLU epilogue: B has 2N columns [a | gate]; packb's panel 2q holds a
+     * columns q*nr.., panel 2q+1 the matching gate columns, and the output
+     * is y[m][n] = (a + bias[n]) * gelu(gate + bias[N + n]), N columns. */
+    int geglu;
 
     /* Geometry used by the row and pack callbacks. */
     const float *x;

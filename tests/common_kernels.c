@@ -427,6 +427,126 @@ START_TEST(test_threads_bit_identical)
 }
 END_TEST
 
+/* cm_linear_geglu: bit-identical to cm_linear into (M,2N) then cm_geglu,
+ * on odd sizes, strided rows, every dtype and ISA. */
+START_TEST(test_linear_geglu)
+{
+    static const mnk shapes[] = {{1, 1, 1}, {7, 9, 63}, {65, 17, 33}, {130, 40, 300}, {9, 33, 7}};
+    FOR_ISA(isa)
+    {
+        for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+            mnk s = shapes[si];
+            cm_dtype dt = dtypes[si % 3];
+            int64_t ldx = s.K + (si & 1) * 3, ldy = s.N + (si & 2 ? 5 : 0);
+            float *x = rand_buf(s.M * ldx), *t = rand_buf(s.M * 2 * s.N);
+            float *y1 = rand_buf(s.M * ldy), *y2 = malloc((size_t)(s.M * ldy) * 4);
+            memcpy(y2, y1, (size_t)(s.M * ldy) * 4);
+            wbuf w, b;
+            int64_t ws[2] = {2 * s.N, s.K}, bs[1] = {2 * s.N};
+            wbuf_make(&w, dt, 2, ws, 1.0f);
+            wbuf_make(&b, dtypes[(si + 1) % 3], 1, bs, 1.0f);
+            const cm_wview *bv = si % 4 == 3 ? NULL : &b.v;
+            cm_linear_geglu(x, ldx, s.M, s.K, &w.v, bv, y1, ldy);
+            cm_linear(x, ldx, s.M, s.K, &w.v, bv, CM_ACT_NONE, NULL, t, 2 * s.N);
+            for (int64_t m = 0; m < s.M; m++) cm_geglu(t + m * 2 * s.N, y2 + m * ldy, 1, s.N);
+            ck_assert_msg(memcmp(y1, y2, (size_t)(s.M * ldy) * 4) == 0,
+                          "linear_geglu[%s] M%lld N%lld K%lld differs from linear+geglu", isa,
+                          (long long)s.M, (long long)s.N, (long long)s.K);
+            wbuf_free(&w);
+            wbuf_free(&b);
+            free(x), free(t), free(y1), free(y2);
+        }
+    }
+    cm_isa_force(NULL);
+}
+END_TEST
+
+/* Packed-weight cache: hits give the same bits as packing afresh, changed
+ * contents at the same address are noticed, the budget bounds the resident
+ * bytes (LRU), and budget 0 disables it. */
+START_TEST(test_pack_cache)
+{
+    size_t saved = cm_pack_cache_budget(), bytes;
+    long h0, h1, m0, m1;
+    int64_t M = 37, N = 70, K = 129;
+    float *x = rand_buf(M * K), *y1 = rand_buf(M * N), *y2 = rand_buf(M * N);
+    wbuf w, w2;
+    int64_t ws[2] = {N, K};
+    wbuf_make(&w, CM_F16, 2, ws, 1.0f);
+    wbuf_make(&w2, CM_BF16, 2, ws, 1.0f);
+
+    cm_pack_cache_set_budget(0);
+    cm_linear(x, K, M, K, &w.v, NULL, CM_ACT_NONE, NULL, y1, N);
+    cm_pack_cache_stats(&bytes, NULL, NULL);
+    ck_assert_uint_eq(bytes, 0);
+
+    cm_pack_cache_set_budget((size_t)64 << 20);
+    cm_pack_cache_clear();
+    cm_pack_cache_stats(&bytes, &h0, &m0);
+    ck_assert_uint_eq(bytes, 0);
+    cm_linear(x, K, M, K, &w.v, NULL, CM_ACT_NONE, NULL, y2, N); /* miss, cached */
+    cm_linear(x, K, M, K, &w.v, NULL, CM_ACT_NONE, NULL, y2, N); /* hit */
+    cm_pack_cache_stats(&bytes, &h1, &m1);
+    ck_assert_int_eq(h1 - h0, 1);
+    ck_assert_int_eq(m1 - m0, 1);
+    ck_assert_uint_ge(bytes, (size_t)(N * K) * 4);
+    ck_assert_msg(memcmp(y1, y2, (size_t)(M * N) * 4) == 0, "cached panels change the result");
+
+    /* New contents at the same address: repacked, result follows. */
+    for (int64_t i = 0; i < N * K; i++) {
+        uint16_t hv = cm_f32_to_f16(frand());
+        memcpy((unsigned char *)w.v.data + 2 * i, &hv, 2);
+    }
+    cm_linear(x, K, M, K, &w.v, NULL, CM_ACT_NONE, NULL, y1, N);
+    cm_linear_ref(x, K, M, K, &w.v, NULL, CM_ACT_NONE, NULL, y2, N);
+    TU_ASSERT_CLOSE("linear after weights changed in place", y1, y2, M * N, tol_k(K));
+
+    /* Budget for one entry: the second weight evicts the first (LRU). */
+    cm_pack_cache_stats(&bytes, NULL, NULL);
+    cm_pack_cache_set_budget(bytes + bytes / 2);
+    cm_linear(x, K, M, K, &w2.v, NULL, CM_ACT_NONE, NULL, y1, N);
+    size_t b2;
+    cm_pack_cache_stats(&b2, &h0, &m0);
+    ck_assert_uint_le(b2, bytes + bytes / 2);
+    cm_linear(x, K, M, K, &w2.v, NULL, CM_ACT_NONE, NULL, y2, N);
+    cm_pack_cache_stats(NULL, &h1, &m1);
+    ck_assert_int_eq(h1 - h0, 1);
+    ck_assert_msg(memcmp(y1, y2, (size_t)(M * N) * 4) == 0, "cached panels change the result");
+    cm_linear(x, K, M, K, &w.v, NULL, CM_ACT_NONE, NULL, y2, N); /* evicted: miss */
+    cm_pack_cache_stats(NULL, &h0, &m0);
+    ck_assert_int_eq(m0 - m1, 1);
+
+    /* Conv and upsample conv through the cache, same bits. */
+    cm_pack_cache_set_budget((size_t)64 << 20);
+    {
+        int B = 1, H = 5, W = 7, C = 19, OC = 23;
+        int64_t cw[4] = {OC, C, 3, 3};
+        wbuf wc;
+        wbuf_make(&wc, CM_F16, 4, cw, 0.3f);
+        float *xi = rand_buf((int64_t)B * H * W * C);
+        int64_t no = (int64_t)B * 4 * H * W * OC;
+        float *o1 = rand_buf(no), *o2 = rand_buf(no);
+        cm_upsample2x_conv3x3(xi, B, H, W, C, &wc.v, NULL, o1);
+        cm_upsample2x_conv3x3(xi, B, H, W, C, &wc.v, NULL, o2);
+        ck_assert(memcmp(o1, o2, (size_t)no * 4) == 0);
+        cm_conv2d(xi, B, H, W, C, &wc.v, NULL, (cm_conv_params){1, 1}, NULL, o1);
+        cm_conv2d(xi, B, H, W, C, &wc.v, NULL, (cm_conv_params){1, 1}, NULL, o2);
+        ck_assert(memcmp(o1, o2, (size_t)(B * H * W * OC) * 4) == 0);
+        cm_conv2d_ref(xi, B, H, W, C, &wc.v, NULL, (cm_conv_params){1, 1}, NULL, o2);
+        TU_ASSERT_CLOSE("cached conv", o1, o2, (int64_t)B * H * W * OC, tol_k(9 * C));
+        wbuf_free(&wc);
+        free(xi), free(o1), free(o2);
+    }
+    cm_pack_cache_clear();
+    cm_pack_cache_stats(&bytes, NULL, NULL);
+    ck_assert_uint_eq(bytes, 0);
+    cm_pack_cache_set_budget(saved);
+    wbuf_free(&w);
+    wbuf_free(&w2);
+    free(x), free(y1), free(y2);
+}
+END_TEST
+
 TCase *tc_common_kernels(void)
 {
     TCase *tc = tu_tcase("common_kernels");
@@ -440,5 +560,7 @@ TCase *tc_common_kernels(void)
     tcase_add_test(tc, test_group_norm_vs_ref);
     tcase_add_test(tc, test_act_geglu);
     tcase_add_test(tc, test_threads_bit_identical);
+    tcase_add_test(tc, test_linear_geglu);
+    tcase_add_test(tc, test_pack_cache);
     return tc;
 }
