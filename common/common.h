@@ -331,6 +331,26 @@ float cm_act_scalar(float x, cm_act act);
 /* GEGLU: x (M, 2N) = [a | gate] -> y (M, N) = a * gelu(gate). */
 void cm_geglu(const float *x, float *y, int64_t M, int64_t N);
 
+/* Packed-weight cache: the GEMM engine keeps the packed float32 panels of
+ * weights used at small M (<= 512 rows: small latents, the text encoder)
+ * so the next call of the same layer (the next sampling step) skips
+ * packing. Keyed by the weight view (data pointer, dtype, shape) and kernel
+ * variant; each hit is checked against a fingerprint of the contents.
+ * Bounded by a byte budget with LRU eviction: default 25 % of physical
+ * memory, or env STIPPLE_PACK_CACHE_MB; 0 disables (and frees). Call
+ * cm_pack_cache_clear() when a model file is closed or a stage is done. */
+void cm_pack_cache_set_budget(size_t bytes);
+size_t cm_pack_cache_budget(void);
+void cm_pack_cache_clear(void);
+/* Bytes resident now and lookups that hit / missed since the start. */
+void cm_pack_cache_stats(size_t *bytes, long *hits, long *misses);
+
+/* Linear + GEGLU in one pass: w (2N,K) and bias (2N) are the ff.net.0.proj
+ * weights; y (M,N) row stride ldy = a * gelu(gate) where [a | gate] =
+ * x @ w^T + bias. Same values as cm_linear into (M,2N) then cm_geglu. */
+void cm_linear_geglu(const float *x, int64_t ldx, int64_t M, int64_t K, const cm_wview *w,
+                     const cm_wview *bias, float *y, int64_t ldy);
+
 /* Wrap a float32 array as a weight view (for kernels fed with activations). */
 cm_wview cm_wview_f32(const float *data, int ndim, const int64_t *shape);
 
