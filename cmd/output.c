@@ -82,16 +82,53 @@ cm_status cmd_output_path(const char *tmpl, const cmd_image_info *ii, char *out,
     return CM_OK;
 }
 
+/* Append s to out (capacity cap, at least 3 * strlen(s) + 1 left) as
+ * valid UTF-8: each invalid sequence becomes U+FFFD, as the tokenizer reads
+ * it, so a prompt that is not UTF-8 still gets its PNG metadata. */
+static size_t put_utf8(char *out, size_t cap, const char *s)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    size_t n = 0;
+    while (*u && n + 4 < cap) {
+        unsigned c = *u, need = 0, min = 0;
+        if (c < 0x80) {
+            out[n++] = (char)*u++;
+            continue;
+        }
+        if ((c & 0xe0) == 0xc0) need = 1, min = 0x80, c &= 0x1f;
+        else if ((c & 0xf0) == 0xe0) need = 2, min = 0x800, c &= 0x0f;
+        else if ((c & 0xf8) == 0xf0) need = 3, min = 0x10000, c &= 0x07;
+        unsigned k = 1;
+        for (; need && k <= need && (u[k] & 0xc0) == 0x80; k++) c = (c << 6) | (u[k] & 0x3f);
+        if (need && k == need + 1 && c >= min && c <= 0x10ffff && !(c >= 0xd800 && c <= 0xdfff)) {
+            memcpy(out + n, u, need + 1);
+            n += need + 1;
+            u += need + 1;
+        } else {
+            memcpy(out + n, "\xef\xbf\xbd", 3);
+            n += 3;
+            u += need ? (k > 1 ? k : 1) : 1;
+        }
+    }
+    out[n] = 0;
+    return n;
+}
+
 /* The A1111 infotext: prompt, optional "Negative prompt:" line, then the
  * comma-separated "Key: value" line. */
 char *cmd_parameters_text(const cmd_image_info *ii, cm_error *err)
 {
-    size_t cap = strlen(ii->prompt ? ii->prompt : "") + strlen(ii->negative ? ii->negative : "") + 2048;
+    size_t cap = 3 * (strlen(ii->prompt ? ii->prompt : "") + strlen(ii->negative ? ii->negative : "")) + 2048;
     char *s = cm_alloc(cap, "metadata", err);
     if (!s) return NULL;
     size_t n = 0;
-    n += (size_t)snprintf(s + n, cap - n, "%s\n", ii->prompt ? ii->prompt : "");
-    if (ii->negative && ii->negative[0]) n += (size_t)snprintf(s + n, cap - n, "Negative prompt: %s\n", ii->negative);
+    n += put_utf8(s + n, cap - n, ii->prompt ? ii->prompt : "");
+    n += (size_t)snprintf(s + n, cap - n, "\n");
+    if (ii->negative && ii->negative[0]) {
+        n += (size_t)snprintf(s + n, cap - n, "Negative prompt: ");
+        n += put_utf8(s + n, cap - n, ii->negative);
+        n += (size_t)snprintf(s + n, cap - n, "\n");
+    }
     n += (size_t)snprintf(s + n, cap - n, "Steps: %d, Sampler: %s", ii->steps, ii->sampler_label);
     if (ii->schedule_label && ii->schedule_label[0])
         n += (size_t)snprintf(s + n, cap - n, ", Schedule type: %s", ii->schedule_label);

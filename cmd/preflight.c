@@ -148,10 +148,13 @@ static int context_tokens(const te_encoder *te, const char *text)
     int32_t *ids = NULL;
     int n = 0;
     cm_error e = {0};
+    cm_log_level lvl = cm_log_get_level(); /* the encoder warns about the prompt later */
+    cm_log_set_level(CM_LOG_ERROR);
     if (te && te_tokenize(te_encoder_tokenizer(te), text, &ids, &n, &e) == CM_OK)
         chunks = n / 55 + 1;
     else
         chunks = (int)(strlen(text) / 55) + 1; /* a token covers >= 1 byte */
+    cm_log_set_level(lvl);
     cm_free(ids);
     for (const char *p = text; (p = strstr(p, "BREAK")); p += 5) chunks++;
     return chunks * TE_CTX;
