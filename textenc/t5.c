@@ -245,7 +245,9 @@ static void t5_attention(const te_t5_config *g, int B, int T, const float *qkv, 
     const int H = g->heads, dk = g->d_kv;
     const int64_t I = (int64_t)H * dk, ld = 3 * I;
     const int64_t rows = (int64_t)B * H * T;
+#ifdef _OPENMP
 #pragma omp parallel for schedule(static)
+#endif
     for (int64_t r = 0; r < rows; r++) {
         int tid = 0;
 #ifdef _OPENMP
