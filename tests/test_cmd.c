@@ -4,11 +4,15 @@
 #include <stdlib.h>
 
 TCase *tc_cmd_cli(void);
+TCase *tc_cmd_bad(void);
+TCase *tc_cmd_img2img(void);
 
 int main(void)
 {
     Suite *s = suite_create("cmd");
     suite_add_tcase(s, tc_cmd_cli());
+    suite_add_tcase(s, tc_cmd_bad());
+    suite_add_tcase(s, tc_cmd_img2img());
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
