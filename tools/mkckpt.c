@@ -745,20 +745,21 @@ static int check_manifest(const char *path, const table *t, int hashed)
 static void usage(FILE *fp)
 {
     fprintf(fp,
-            "usage: mkckpt --family sd15|sd21|sdxl [--seed N] [--manifest TSV] [--list]\n"
+            "usage: mkckpt --family sd15|sd21|sdxl [--seed N] [--manifest TSV] [--list] [--size]\n"
             "              [--overwrite] -o FILE.safetensors\n"
             "Writes a random-weight F16 checkpoint with the exact tensor names and shapes of\n"
             "SD 1.5 / SD 2.1-768 / SDXL base, filled by the procedural generator of the\n"
             "full-size goldens (default seeds: sd15 15, sd21 21, sdxl 10 = the golden models).\n"
             "  --manifest TSV  check names, dtypes, shapes and per-tensor SHA-256 against a\n"
             "                  weights_manifest.tsv (exit 1 on any difference)\n"
-            "  --list          print the tensor table (name dtype shape) and exit\n");
+            "  --list          print the tensor table (name dtype shape) and exit\n"
+            "  --size          print the size in bytes of the file it would write and exit\n");
 }
 
 int main(int argc, char **argv)
 {
     const char *family = NULL, *out = NULL, *manifest = NULL;
-    int have_seed = 0, list = 0, overwrite = 0;
+    int have_seed = 0, list = 0, overwrite = 0, size_only = 0;
     uint64_t seed = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -767,6 +768,8 @@ int main(int argc, char **argv)
             return 0;
         } else if (!strcmp(a, "--list")) {
             list = 1;
+        } else if (!strcmp(a, "--size")) {
+            size_only = 1;
         } else if (!strcmp(a, "--overwrite")) {
             overwrite = 1;
         } else if (i + 1 < argc && !strcmp(a, "--family")) {
@@ -790,7 +793,7 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (!family || (!out && !list && !manifest)) {
+    if (!family || (!out && !list && !manifest && !size_only)) {
         usage(stderr);
         return 2;
     }
@@ -817,6 +820,15 @@ int main(int argc, char **argv)
             for (int d = 0; d < t.e[i].ndim; d++) printf("%s%" PRId64, d ? ", " : "", t.e[i].shape[d]);
             printf("]\n");
         }
+        free(t.e);
+        return 0;
+    }
+    if (size_only) {
+        size_t hl;
+        char *h = make_header(&t, &hl);
+        if (!h) return 1;
+        printf("%" PRIu64 "\n", 8 + (uint64_t)hl + off);
+        free(h);
         free(t.e);
         return 0;
     }
