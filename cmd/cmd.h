@@ -81,8 +81,10 @@ struct te_encoder;
 struct df_unet;
 struct vae_model;
 
-#define CMD_VAE_TILE 64    /* latent pixels per tile of the automatic tiled decode */
-#define CMD_VAE_OVERLAP 16
+/* Latent pixels per tile of the automatic tiled decode; tiles overlap by a
+ * quarter (16). STIPPLE_VAE_TILE=N overrides the tile (a test hook that
+ * makes the switch reachable at small sizes). */
+#define CMD_VAE_TILE 64
 
 /* One job as the pre-flight sees it. */
 typedef struct {
@@ -101,10 +103,12 @@ typedef struct {
     size_t weights, buffers, unet, vae, vae_tiled;
     size_t kernels_unet, kernels_vae, kernels_vae_tiled, overhead;
     size_t total;       /* with a whole-image VAE decode */
-    size_t total_tiled; /* with vae_decode_tiled(CMD_VAE_TILE, CMD_VAE_OVERLAP) */
+    size_t total_tiled; /* with vae_decode_tiled (cmd_vae_tile, overlap tile/4) */
 } cmd_mem_plan;
 
 void cmd_mem_estimate(const cmd_mem_job *j, cmd_mem_plan *p);
+/* The tile of the automatic tiled decode (CMD_VAE_TILE or the hook). */
+int cmd_vae_tile(void);
 /* Bytes this process may still use: min(MemAvailable, cgroup limit - use);
  * 0 when unknown. *source names where it came from. */
 size_t cmd_mem_available(const char **source);

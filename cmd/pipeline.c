@@ -442,7 +442,7 @@ cm_status cmd_job_run(cmd_models *cm, cmd_cond_cache *cache, const cmd_job *job,
     /* 5. Decode; inpaint: composite onto the input. */
     t0 = cm_time_now();
     vae_unscale_latent(cm->vae, x, n, x);
-    if ((st = job->vae_tile > 0 ? vae_decode_tiled(cm->vae, x, 1, h, w, job->vae_tile, CMD_VAE_OVERLAP, img, err)
+    if ((st = job->vae_tile > 0 ? vae_decode_tiled(cm->vae, x, 1, h, w, job->vae_tile, job->vae_tile / 4, img, err)
                                 : vae_decode(cm->vae, x, 1, h, w, img, err)))
         goto done;
     res->rgb = cm_alloc((size_t)job->width * job->height * 3, "image", err);

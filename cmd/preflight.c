@@ -19,7 +19,7 @@
  * The limit is --max-memory when given, otherwise the smaller of
  * /proc/meminfo MemAvailable and the cgroup's memory.max minus its current
  * use. Over the limit: when tiled VAE decoding (64-latent tiles, overlap
- * 16) fits, the job switches to it and says so; otherwise the job is
+ * 16; see cmd_vae_tile) fits, the job switches to it and says so; otherwise the job is
  * refused with the estimate, before allocating.
  */
 #include "pipeline.h" /* cmd.h and the stages' headers */
@@ -223,7 +223,7 @@ void cmd_mem_estimate(const cmd_mem_job *j, cmd_mem_plan *p)
             if (e == 0) e = SIZE_MAX;
             if (e > p->vae) p->vae = e;
         }
-        int tile = CMD_VAE_TILE;
+        int tile = cmd_vae_tile();
         size_t th = h < (size_t)tile ? h : (size_t)tile, tw = w < (size_t)tile ? w : (size_t)tile;
         size_t tb = vae_decode_bytes(j->vae, (int)th, (int)tw);
         if (tb == 0) tb = SIZE_MAX;
@@ -246,11 +246,18 @@ void cmd_mem_estimate(const cmd_mem_job *j, cmd_mem_plan *p)
     p->overhead = PF_OVERHEAD;
 }
 
+int cmd_vae_tile(void)
+{
+    const char *s = getenv("STIPPLE_VAE_TILE");
+    int t = s ? atoi(s) : 0;
+    return t >= 4 && t <= 4096 ? t : CMD_VAE_TILE;
+}
+
 static void fmt_bytes(size_t b, char *out, size_t cap)
 {
     if (b == SIZE_MAX) snprintf(out, cap, "more than the address space");
     else if (b >= ((size_t)1 << 30)) snprintf(out, cap, "%.1f GiB", (double)b / (MIB * 1024));
-    else snprintf(out, cap, "%.0f MiB", (double)b / MIB + 0.5);
+    else snprintf(out, cap, "%.0f MiB", (double)b / MIB);
 }
 
 cm_status cmd_preflight(const cmd_mem_job *j, size_t max_memory, int *tiled, cm_error *err)
@@ -282,8 +289,9 @@ cm_status cmd_preflight(const cmd_mem_job *j, size_t max_memory, int *tiled, cm_
     }
     return cm_error_set(err, CM_ERR_NOMEM,
                         "%dx%d: needs about %s of memory (%s with tiled VAE decoding), more than the "
-                        "%s available (%s); try a smaller size or --max-memory",
-                        j->width, j->height, est, p.total_tiled < p.total ? tl : est, lim, src);
+                        "%s available (%s); try a smaller size%s",
+                        j->width, j->height, est, p.total_tiled < p.total ? tl : est, lim, src,
+                        max_memory ? " or a larger --max-memory" : "");
 }
 
 /* -------------------------------------------------- the pipeline's job */
@@ -297,6 +305,6 @@ cm_status cmd_job_preflight(const cmd_models *cm, cmd_job *job, size_t max_memor
                       .with_image = job->mode != CMD_TXT2IMG};
     int tiled = 0;
     cm_status st = cmd_preflight(&mj, max_memory, &tiled, err);
-    if (!st) job->vae_tile = tiled ? CMD_VAE_TILE : 0;
+    if (!st) job->vae_tile = tiled ? cmd_vae_tile() : 0;
     return st;
 }

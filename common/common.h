@@ -107,6 +107,11 @@ int cm_mul_size(size_t a, size_t b, size_t *out);
  * cm_calloc / cm_arena_create fail. n <= 0 disables. */
 void cm_alloc_fail_at(long n);
 long cm_alloc_count(void);
+/* on: the hook skips (and does not count) allocations made without an
+ * error record — kernel scratch, which asserts on failure — so a sweep
+ * over N exercises the recoverable paths only (stipple's
+ * STIPPLE_FAIL_ALLOC). Off by default. */
+void cm_alloc_fail_fallible_only(int on);
 
 /* Arena: one block, bump allocation, everything freed at once. */
 typedef struct cm_arena cm_arena;

@@ -12,6 +12,7 @@
 
 static long g_count;   /* allocations since the hook was armed */
 static long g_fail_at; /* 0: disabled */
+static int g_fallible_only; /* count only allocations with an error record */
 
 void cm_alloc_fail_at(long n)
 {
@@ -21,8 +22,11 @@ void cm_alloc_fail_at(long n)
 
 long cm_alloc_count(void) { return g_count; }
 
-static int injected_failure(void)
+void cm_alloc_fail_fallible_only(int on) { g_fallible_only = on; }
+
+static int injected_failure(const cm_error *err)
 {
+    if (g_fallible_only && !err) return 0;
     long c;
 #pragma omp atomic capture
     c = ++g_count;
@@ -38,7 +42,7 @@ int cm_mul_size(size_t a, size_t b, size_t *out)
 
 void *cm_alloc(size_t nbytes, const char *what, cm_error *err)
 {
-    if (injected_failure()) {
+    if (injected_failure(err)) {
         cm_error_set(err, CM_ERR_NOMEM, "out of memory allocating %zu bytes for %s (injected)",
                      nbytes, what ? what : "buffer");
         return NULL;
