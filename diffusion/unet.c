@@ -775,9 +775,7 @@ static void xformer_forward(df_unet *u, const xformer *xf, float *x, int B, int6
         cm_layer_norm(h, n, M, C, 1e-5f, t->norm3.w, t->norm3.b);
         for (int64_t r0 = 0; r0 < M; r0 += FF_CHUNK) {
             int64_t rows = M - r0 < FF_CHUNK ? M - r0 : FF_CHUNK;
-            cm_linear(n + r0 * C, C, rows, C, t->ff1.w, t->ff1.b, CM_ACT_NONE, NULL, u->F1,
-                      8 * (int64_t)C);
-            cm_geglu(u->F1, u->F2, rows, 4 * (int64_t)C);
+            cm_linear_geglu(n + r0 * C, C, rows, C, t->ff1.w, t->ff1.b, u->F2, 4 * (int64_t)C);
             cm_linear(u->F2, 4 * (int64_t)C, rows, 4 * (int64_t)C, t->ff2.w, t->ff2.b,
                       CM_ACT_NONE, h + r0 * C, h + r0 * C, C);
         }

@@ -265,6 +265,27 @@ static void bench_linear(const char *name, int64_t M, int64_t K, int64_t N, cm_a
     cm_free(x), cm_free(y), cm_free(wm), cm_free(bm);
 }
 
+/* The GEGLU feed-forward input projection, fused (cm_linear_geglu) and as
+ * cm_linear into (M,2N) then cm_geglu. */
+static void bench_geglu(int64_t M, int64_t K, int64_t N)
+{
+    int64_t ws[2] = {2 * N, K}, bs[1] = {2 * N};
+    uint16_t *wm, *bm;
+    cm_wview w = f16w(2, ws, 0.05f, &wm), b = f16w(1, bs, 1.0f, &bm);
+    float *x = rbuf(M * K, 1.0f), *t = rbuf(M * 2 * N, 1.0f), *y = rbuf(M * N, 1.0f);
+    float *y2 = rbuf(M * N, 1.0f);
+    cm_linear_geglu(x, K, 5, K, &w, &b, y, N);
+    cm_linear(x, K, 5, K, &w, &b, CM_ACT_NONE, NULL, t, 2 * N);
+    cm_geglu(t, y2, 5, N);
+    check("linear_geglu (vs linear+geglu)", y, y2, 5 * N, 0.0);
+    char shape[64];
+    snprintf(shape, sizeof shape, "%lldx%lld->2x%lld", (long long)M, (long long)K, (long long)N);
+    TIME("linear+geglu", shape, 4.0 * M * N * K,
+         (cm_linear(x, K, M, K, &w, &b, CM_ACT_NONE, NULL, t, 2 * N), cm_geglu(t, y, M, N)));
+    TIME("linear_geglu fused", shape, 4.0 * M * N * K, cm_linear_geglu(x, K, M, K, &w, &b, y, N));
+    cm_free(x), cm_free(t), cm_free(y), cm_free(y2), cm_free(wm), cm_free(bm);
+}
+
 static void bench_attention(const char *name, int B, int heads, int Tq, int Tk, int hd)
 {
     cm_attn_params p = {0};
@@ -321,6 +342,7 @@ int main(int argc, char **argv)
         bench_conv(B, 32, 32, 320, 320);
         bench_linear("linear(ff geglu)", 1024, 320, 2560, CM_ACT_NONE);
         bench_attention("attn_self", 1, 8, 1024, 1024, 40);
+        bench_geglu(1024, 320, 1280);
         return g_fail ? 1 : 0;
     }
     bench_conv(B, 64, 64, 320, 320);
@@ -328,6 +350,19 @@ int main(int argc, char **argv)
     bench_conv(B, 16, 16, 1280, 1280);
     bench_conv(B, 8, 8, 1280, 1280);
     bench_upconv(B, 8, 8, 1280);
+    /* Small-M layers with the packed-weight cache off (packing every call)
+     * and on (the steady state of a sampling loop: every call hits). */
+    {
+        size_t budget = cm_pack_cache_budget();
+        cm_pack_cache_set_budget(0);
+        printf("# packed-weight cache off:\n");
+        bench_conv(B, 8, 8, 1280, 1280);
+        bench_upconv(B, 8, 8, 1280);
+        bench_linear("linear(clip fc1)", 77 * B, 768, 3072, CM_ACT_QUICK_GELU);
+        cm_pack_cache_set_budget(budget);
+        printf("# packed-weight cache on (budget %zu MiB):\n", budget >> 20);
+    }
+    bench_geglu(4096 * B, 320, 1280);
     bench_linear("linear(ff geglu)", 4096 * B, 320, 2560, CM_ACT_NONE);
     bench_linear("linear(ff out)", 4096 * B, 1280, 320, CM_ACT_NONE);
     bench_linear("linear(qkv 1280)", 256 * B, 1280, 1280, CM_ACT_NONE);
