@@ -128,6 +128,8 @@ ukr_avx512(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, in
  * Dispatch
  * ---------------------------------------------------------------------- */
 
+double cm_par_min_work = CM_PAR_MIN_WORK;
+
 static const cm_isa isa_portable = {"portable", PMR, PNR, ukr_portable};
 #if CM_HAVE_X86
 static const cm_isa isa_avx2 = {"avx2", 6, 16, ukr_avx2};
@@ -579,7 +581,7 @@ void cm_gemm_run(const cm_gemm_job *jb)
     int64_t mc_blk = M < MC_ROWS ? ceil_div(M, mr) * mr : MC_ROWS;
     int64_t mb = ceil_div(M, mc_blk);
     int64_t ncp = ceil_div(512, nr);
-    int nt = cm_threads_get();
+    int nt = cm_par_threads(2.0 * (double)M * (double)(gg * N) * (double)K);
     if (ncp > npan) ncp = npan;
     while (ncp > gg && mb * ceil_div(npan, ncp) < 2 * nt) ncp = ceil_div(ncp, 2);
     ncp = ceil_div(ncp, gg) * gg; /* geglu: a/gate panel pairs stay together */

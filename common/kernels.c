@@ -541,7 +541,7 @@ void cm_attention(const float *q, const float *k, const float *v, float *o, cons
     size_t per = (size_t)bqp * c.bkp + (size_t)bqp * c.hdp + (size_t)bqp * ATT_BK +
                  (size_t)bqp * hd + 2 * (size_t)bqp;
     per = (per + 15) / 16 * 16;
-    int nt = cm_threads_get();
+    int nt = cm_par_threads(4.0 * p->B * p->heads * (double)p->Tq * p->Tk * hd);
     int64_t nkv = (int64_t)p->B * p->heads * c.nkb;
     c.kv = cm_alloc((size_t)nkv * c.kv_blk * sizeof(float), "attention K/V panels", NULL);
     float *work = cm_calloc((size_t)nt * per * sizeof(float), "attention work", NULL);
@@ -632,9 +632,10 @@ void cm_group_norm(const float *x, float *y, int B, int64_t HW, int C, int group
     CM_ASSERT(part && mean && ab);
     double cnt = (double)HW * cg;
     const int level = cm_isa_level();
+    const int nt = cm_par_threads(8.0 * B * (double)HW * C);
 
     for (int pass = 0; pass < 2; pass++) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(nt)
         for (int64_t it = 0; it < items; it++) {
             int64_t b = it / nch, i0 = (it % nch) * GN_CHUNK;
             int64_t i1 = i0 + GN_CHUNK < HW ? i0 + GN_CHUNK : HW;
@@ -674,7 +675,7 @@ void cm_group_norm(const float *x, float *y, int B, int64_t HW, int C, int group
                 }
             }
     }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(nt)
     for (int64_t it = 0; it < items; it++) {
         int64_t b = it / nch, i0 = (it % nch) * GN_CHUNK;
         int64_t n = i0 + GN_CHUNK < HW ? GN_CHUNK : HW - i0;
@@ -699,7 +700,7 @@ void cm_layer_norm(const float *x, float *y, int64_t M, int C, float eps, const 
                    const cm_wview *beta)
 {
     float *gf = vec_f32(gamma, C), *bf = vec_f32(beta, C);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(cm_par_threads(8.0 * (double)M * C))
     for (int64_t m = 0; m < M; m++) {
         const float *xr = x + m * C;
         double sum = 0, sq = 0;
@@ -722,7 +723,7 @@ void cm_layer_norm(const float *x, float *y, int64_t M, int C, float eps, const 
 void cm_rms_norm(const float *x, float *y, int64_t M, int C, float eps, const cm_wview *gamma)
 {
     float *gf = vec_f32(gamma, C);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(cm_par_threads(8.0 * (double)M * C))
     for (int64_t m = 0; m < M; m++) {
         const float *xr = x + m * C;
         double sq = 0;
@@ -746,7 +747,7 @@ void cm_act_inplace(float *x, int64_t n, cm_act act)
 {
     if (act == CM_ACT_NONE) return;
     const int level = cm_isa_level();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(cm_par_threads(20.0 * (double)n))
     for (int64_t i0 = 0; i0 < n; i0 += ACT_CHUNK) {
         int64_t m = n - i0 < ACT_CHUNK ? n - i0 : ACT_CHUNK;
         if (CM_HAVE_AVX2_CLONES && level >= 1)
@@ -767,7 +768,7 @@ static void geglu_c(const float *x, float *y, int64_t N) { geglu_body(x, y, N); 
 void cm_geglu(const float *x, float *y, int64_t M, int64_t N)
 {
     const int level = cm_isa_level();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(cm_par_threads(20.0 * (double)M * N))
     for (int64_t m = 0; m < M; m++) {
         if (CM_HAVE_AVX2_CLONES && level >= 1)
             geglu_avx2(x + m * 2 * N, y + m * N, N);

@@ -109,6 +109,32 @@ struct cm_gemm_job {
 void cm_gemm_run(const cm_gemm_job *job);
 
 /* ------------------------------------------------------------------------
+ * Threads for one kernel call.
+ *
+ * A parallel region costs a fork and a join, and libgomp's worker threads
+ * then spin for milliseconds waiting for the next one. Tiny kernels (the
+ * built-in model, small latents: thousands of calls under 0.1 ms) run far
+ * slower split over threads, and on a loaded machine the spinning workers
+ * take the CPU from the thread doing the work (sd1-tiny 96x64, 10 steps:
+ * 38 s wall on the shared 2-core machine against 1 s with passive waiting).
+ * So a call runs on one thread below CM_PAR_MIN_WORK (float operations, or
+ * ~8 per element for memory-bound loops): about 0.25 ms on one core, where
+ * a fork/join on an idle machine costs a few percent. Work splits never
+ * depend on the thread count, so neither do the results.
+ * ---------------------------------------------------------------------- */
+
+#define CM_PAR_MIN_WORK 1e7
+
+/* The threshold in use (CM_PAR_MIN_WORK; tests set 0 so that small shapes
+ * still run split over threads). */
+extern double cm_par_min_work;
+
+static inline int cm_par_threads(double work)
+{
+    return work < cm_par_min_work ? 1 : cm_threads_get();
+}
+
+/* ------------------------------------------------------------------------
  * Vectorisable scalar helpers (no libm calls, so loops vectorise).
  * ---------------------------------------------------------------------- */
 

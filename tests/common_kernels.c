@@ -384,6 +384,7 @@ END_TEST
 
 START_TEST(test_threads_bit_identical)
 {
+    cm_par_min_work = 0; /* split even these small shapes over the threads */
     FOR_ISA(isa)
     {
         int64_t M = 301, N = 97, K = 333;
@@ -394,6 +395,15 @@ START_TEST(test_threads_bit_identical)
         wbuf_make(&b, CM_F32, 1, bs, 1.0f);
         RUN_TWICE(M * N, y, cm_linear(x, K, M, K, &w.v, &b.v, CM_ACT_GELU, NULL, y, N));
         wbuf_free(&w);
+        {
+            int64_t gs[2] = {2 * 48, K}, gb[1] = {2 * 48};
+            wbuf wg, bg;
+            wbuf_make(&wg, CM_F16, 2, gs, 1.0f);
+            wbuf_make(&bg, CM_F32, 1, gb, 1.0f);
+            RUN_TWICE(M * 48, y, cm_linear_geglu(x, K, M, K, &wg.v, &bg.v, y, 48));
+            wbuf_free(&wg);
+            wbuf_free(&bg);
+        }
 
         int B = 2, H = 11, W = 9, C = 21, OC = 35;
         float *xi = rand_buf((int64_t)B * H * W * C), *yo = rand_buf((int64_t)B * 4 * H * W * OC);
@@ -424,6 +434,7 @@ START_TEST(test_threads_bit_identical)
     }
     cm_threads_set(0);
     cm_isa_force(NULL);
+    cm_par_min_work = CM_PAR_MIN_WORK;
 }
 END_TEST
 
