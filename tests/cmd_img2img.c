@@ -345,6 +345,30 @@ START_TEST(test_input_formats)
 }
 END_TEST
 
+/* Every sampler starts img2img at step steps - int(steps * strength):
+ * 4 steps at strength 0.5 run 2, saved as step_000 and step_001. */
+START_TEST(test_samplers)
+{
+    static const char *samplers[] = {"euler", "euler_a", "dpmpp_2m", "lcm"};
+    char dir[2048], args[8192], path[2200];
+    snprintf(dir, sizeof dir, "%s/samplers_%s", tu_tmpdir(), samplers[_i]);
+    mkdir(dir, 0755);
+    snprintf(args, sizeof args,
+             "img2img -m '%s' -p 'a photo of a cat' -i '%s' --steps 4 --strength 0.5 --sampler %s --seed 5 "
+             "--threads 2 --save-latents '%s' -o '%s/out.png' --overwrite --quiet",
+             tu_data(SD1), tu_data("images/i2i_rgb.png"), samplers[_i], dir, dir);
+    run_ok(args, NULL);
+    for (int k = 0; k < 3; k++) {
+        snprintf(path, sizeof path, "%s/step_%03d.npy", dir, k);
+        ck_assert_msg((access(path, F_OK) == 0) == (k < 2), "%s: %s", samplers[_i], path);
+    }
+    snprintf(path, sizeof path, "%s/out.png", dir);
+    char *params = png_params(path);
+    ck_assert_msg(strstr(params, "Steps: 4") && strstr(params, "Denoising strength: 0.5"), "%s", params);
+    cm_free(params);
+}
+END_TEST
+
 /* Black-mask pixels equal the input exactly in the output file, with the
  * default blur (4) on a JPEG input, and with a mask of another size
  * (24x16, resized: its left 12 of 48 columns stay pure black). */
@@ -422,6 +446,28 @@ START_TEST(test_extreme_masks)
     uint8_t *r = read_u8(ref, &w, &h);
     ck_assert_msg(!memcmp(o, r, (size_t)w * h * 3), "all-white inpaint differs from img2img");
     ck_assert_msg(memcmp(o, in, (size_t)w * h * 3), "all-white inpaint left the image unchanged");
+
+    /* Grey 128 everywhere (no blur): the latent mask is all ones as for
+     * white (128/255 >= 0.5), so the same image is generated and the output
+     * is input * (1 - 128/255) + generated * 128/255, within rounding. */
+    char grey[2048];
+    snprintf(grey, sizeof grey, "%s/grey.png", tu_tmpdir());
+    memset(px, 128, sizeof px);
+    uint8_t *png = NULL;
+    size_t pn = 0;
+    ck_assert(cm_png_encode(px, 48, 32, NULL, 0, &png, &pn, &e) == CM_OK);
+    ck_assert(cm_file_write_atomic(grey, png, pn, 1, &e) == CM_OK);
+    cm_free(png);
+    snprintf(ref, sizeof ref, "%s/grey_out.png", tu_tmpdir());
+    small_run("inpaint", img, grey, "--quiet --mask-blur 0", ref, NULL);
+    uint8_t *gr = read_u8(ref, &w, &h);
+    int64_t off = 0;
+    for (size_t k = 0; k < (size_t)w * h * 3; k++) {
+        double want = in[k] * (1.0 - 128.0 / 255.0) + o[k] * (128.0 / 255.0);
+        off += fabs(gr[k] - want) > 0.5 + 1e-3;
+    }
+    ck_assert_msg(off == 0, "grey mask: %lld values are not the 128/255 blend", (long long)off);
+    free(gr);
     free(o);
     free(r);
     free(in);
@@ -465,6 +511,7 @@ TCase *tc_cmd_img2img(void)
     tcase_add_test(tc, test_input_not_replaced);
     tcase_add_loop_test(tc, test_golden_img2img, 0, (int)(sizeof runs / sizeof runs[0]));
     tcase_add_test(tc, test_input_formats);
+    tcase_add_loop_test(tc, test_samplers, 0, 4);
     tcase_add_test(tc, test_untouched_pixels);
     tcase_add_test(tc, test_extreme_masks);
     tcase_add_test(tc, test_inpainting_model_txt2img);
