@@ -138,3 +138,91 @@ int tu_run(const char *cmdline, char **out, char **err)
     unlink(e);
     return rc;
 }
+
+/* ------------------------------------------------------------------------
+ * Safetensors files built or edited by tests
+ * ---------------------------------------------------------------------- */
+
+static const char *tu_st_name(const char *name)
+{
+    static char buf[8][4096];
+    static int k;
+    char *p = buf[k++ & 7];
+    snprintf(p, 4096, "%s/%s", tu_tmpdir(), name);
+    return p;
+}
+
+const char *tu_st_write(const char *name, const char *hdr, uint64_t hlen, const void *data, size_t ndata)
+{
+    const char *path = tu_st_name(name);
+    size_t hn = strlen(hdr);
+    uint64_t hl = hlen ? hlen : hn;
+    unsigned char len[8];
+    for (int i = 0; i < 8; i++) len[i] = (unsigned char)(hl >> (8 * i));
+    unlink(path);
+    FILE *f = fopen(path, "wb");
+    ck_assert_msg(f != NULL, "cannot write %s", path);
+    ck_assert(fwrite(len, 1, 8, f) == 8);
+    ck_assert(hn == 0 || fwrite(hdr, 1, hn, f) == hn);
+    ck_assert(ndata == 0 || fwrite(data, 1, ndata, f) == ndata);
+    ck_assert(fclose(f) == 0);
+    return path;
+}
+
+/* The file's bytes and its header length (checked to lie inside it). */
+static char *st_read(const char *src, size_t *n, uint64_t *hl)
+{
+    char *data = NULL;
+    cm_error err = {0};
+    ck_assert_msg(cm_file_read_all(src, &data, n, &err) == CM_OK, "%s", err.msg);
+    ck_assert(*n >= 8);
+    *hl = 0;
+    for (int i = 7; i >= 0; i--) *hl = (*hl << 8) | (unsigned char)data[i];
+    ck_assert_msg(*hl <= *n - 8, "%s: bad header length", src);
+    return data;
+}
+
+const char *tu_st_patch(const char *src, const char *name, const char *from, const char *to)
+{
+    size_t n, fl = strlen(from);
+    uint64_t hl;
+    ck_assert_int_eq(fl, strlen(to));
+    char *data = st_read(src, &n, &hl);
+    char *at = memmem(data + 8, (size_t)hl, from, fl);
+    ck_assert_msg(at != NULL, "'%s' not in the header of %s", from, src);
+    memcpy(at, to, fl);
+    const char *path = tu_st_name(name);
+    cm_error err = {0};
+    ck_assert_msg(cm_file_write_atomic(path, data, n, 1, &err) == CM_OK, "%s", err.msg);
+    cm_free(data);
+    return path;
+}
+
+const char *tu_st_edit(const char *src, const char *name, void (*fn)(cJSON *hdr, void *arg), void *arg)
+{
+    size_t n;
+    uint64_t hl;
+    char *data = st_read(src, &n, &hl);
+    cJSON *hdr = cJSON_ParseWithLength(data + 8, (size_t)hl);
+    ck_assert_msg(hdr != NULL, "%s: header is not JSON", src);
+    fn(hdr, arg);
+    char *txt = cJSON_PrintUnformatted(hdr);
+    ck_assert(txt);
+    /* padded with spaces so that the data area stays 8-byte aligned */
+    size_t tl = strlen(txt), pad = (8 - tl % 8) % 8, body = n - 8 - (size_t)hl;
+    char *out = malloc(8 + tl + pad + body);
+    ck_assert(out);
+    uint64_t nl = tl + pad;
+    for (int i = 0; i < 8; i++) out[i] = (char)(unsigned char)(nl >> (8 * i));
+    memcpy(out + 8, txt, tl);
+    memset(out + 8 + tl, ' ', pad);
+    memcpy(out + 8 + tl + pad, data + 8 + hl, body);
+    const char *path = tu_st_name(name);
+    cm_error err = {0};
+    ck_assert_msg(cm_file_write_atomic(path, out, 8 + tl + pad + body, 1, &err) == CM_OK, "%s", err.msg);
+    free(out);
+    cJSON_free(txt);
+    cJSON_Delete(hdr);
+    cm_free(data);
+    return path;
+}

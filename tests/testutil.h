@@ -35,4 +35,16 @@ TCase *tu_tcase(const char *name);
  * signal) and captures stdout/stderr (cm_alloc'd, may be NULL). */
 int tu_run(const char *cmdline, char **out, char **err);
 
+/* Safetensors files made by tests, in tu_tmpdir() under `name`; each
+ * returns the path (rotating static buffers: valid for the next 8 calls).
+ * tu_st_write: [u64 LE header length][hdr][ndata bytes of data]; the stored
+ * length is hlen when nonzero (bad-file tests), else strlen(hdr).
+ * tu_st_patch: a copy of the file src with the first `from` in its header
+ * replaced by `to` (same length), data untouched.
+ * tu_st_edit: a copy of src with its header parsed, edited by fn and
+ * written back (space-padded to 8 bytes), data untouched. */
+const char *tu_st_write(const char *name, const char *hdr, uint64_t hlen, const void *data, size_t ndata);
+const char *tu_st_patch(const char *src, const char *name, const char *from, const char *to);
+const char *tu_st_edit(const char *src, const char *name, void (*fn)(cJSON *hdr, void *arg), void *arg);
+
 #endif

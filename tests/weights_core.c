@@ -34,22 +34,6 @@ static void spit(const char *path, const void *a, size_t na, const void *b, size
     ck_assert(fclose(f) == 0);
 }
 
-static void put_u64(unsigned char *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
-}
-
-/* Write header JSON + data as a safetensors file. */
-static void write_st(const char *path, const char *hdr, const void *data, size_t ndata)
-{
-    size_t hn = strlen(hdr);
-    unsigned char *buf = malloc(8 + hn);
-    put_u64(buf, hn);
-    memcpy(buf + 8, hdr, hn);
-    spit(path, buf, 8 + hn, data, ndata);
-    free(buf);
-}
-
 /* When set, synth_from_keys renames prefix rename_from to rename_to. */
 static const char *rename_from, *rename_to;
 
@@ -99,42 +83,24 @@ static const char *synth_from_keys(const char *keys_rel, const char *out_name, c
     cm_free(tsv);
     char *h = cJSON_PrintUnformatted(hdr);
     cJSON_Delete(hdr);
-    static char path[8][4096];
-    static int k;
-    char *p = path[k++ & 7];
-    snprintf(p, 4096, "%s/%s", tu_tmpdir(), out_name);
     /* The data area is a hole (sparse file): full-size layouts cost no disk
      * and nothing here reads tensor bytes. */
-    write_st(p, h, NULL, 0);
+    const char *p = tu_st_write(out_name, h, 0, NULL, 0);
     ck_assert(truncate(p, (off_t)(8 + strlen(h) + off)) == 0);
     free(h);
     return p;
 }
 
 /* A copy of a safetensors file without its __metadata__. */
+static void drop_metadata(cJSON *hdr, void *arg)
+{
+    (void)arg;
+    cJSON_DeleteItemFromObjectCaseSensitive(hdr, "__metadata__");
+}
+
 static const char *strip_metadata(const char *rel, const char *out_name)
 {
-    size_t n;
-    char *d = slurp(tu_data(rel), &n);
-    uint64_t hn = 0;
-    for (int i = 7; i >= 0; i--) hn = (hn << 8) | (unsigned char)d[i];
-    ck_assert(hn + 8 <= n);
-    cJSON *hdr = cJSON_ParseWithLength(d + 8, hn);
-    ck_assert(hdr);
-    cJSON_DeleteItemFromObjectCaseSensitive(hdr, "__metadata__");
-    char *h = cJSON_PrintUnformatted(hdr);
-    cJSON_Delete(hdr);
-    static char path[4096];
-    snprintf(path, sizeof path, "%s/%s", tu_tmpdir(), out_name);
-    size_t nh = strlen(h);
-    unsigned char *buf = malloc(8 + nh);
-    put_u64(buf, nh);
-    memcpy(buf + 8, h, nh);
-    spit(path, buf, 8 + nh, d + 8 + hn, n - 8 - hn);
-    free(buf);
-    free(h);
-    cm_free(d);
-    return path;
+    return tu_st_edit(tu_data(rel), out_name, drop_metadata, NULL);
 }
 
 static cJSON *golden_config(const char *dir)
@@ -501,6 +467,25 @@ START_TEST(test_diffusers_sd1)
 }
 END_TEST
 
+/* Header edit: diffusers' VAE mid-block attention names to the older
+ * query/key/value/proj_attn; *(int *)arg counts the renames. */
+static void legacy_vae_names(cJSON *hdr, void *arg)
+{
+    static const char *from[] = {".to_q.", ".to_k.", ".to_v.", ".to_out.0."};
+    static const char *to[] = {".query.", ".key.", ".value.", ".proj_attn."};
+    for (cJSON *it = hdr->child; it; it = it->next) {
+        for (int k = 0; k < 4; k++) {
+            char *at = strstr(it->string, from[k]);
+            if (!at || !strstr(it->string, "mid_block.attentions.0")) continue;
+            char nn[512];
+            snprintf(nn, sizeof nn, "%.*s%s%s", (int)(at - it->string), it->string, to[k], at + strlen(from[k]));
+            free(it->string);
+            it->string = strdup(nn);
+            (*(int *)arg)++;
+        }
+    }
+}
+
 /* A copy of the diffusers folder with the older diffusers VAE attention
  * names (query/key/value/proj_attn) and an fp16-variant UNet file name. */
 START_TEST(test_diffusers_legacy_names)
@@ -521,40 +506,9 @@ START_TEST(test_diffusers_legacy_names)
      * is not needed: the header is rewritten). */
     char vpath[4096];
     snprintf(vpath, sizeof vpath, "%s/vae/diffusion_pytorch_model.safetensors", src);
-    size_t n;
-    char *d = slurp(vpath, &n);
-    uint64_t hn = 0;
-    for (int i = 7; i >= 0; i--) hn = (hn << 8) | (unsigned char)d[i];
-    cJSON *hdr = cJSON_ParseWithLength(d + 8, hn);
-    ck_assert(hdr);
-    static const char *from[] = {".to_q.", ".to_k.", ".to_v.", ".to_out.0."};
-    static const char *to[] = {".query.", ".key.", ".value.", ".proj_attn."};
     int renamed = 0;
-    for (cJSON *it = hdr->child; it; it = it->next) {
-        for (int k = 0; k < 4; k++) {
-            char *at = strstr(it->string, from[k]);
-            if (!at || !strstr(it->string, "mid_block.attentions.0")) continue;
-            char nn[512];
-            snprintf(nn, sizeof nn, "%.*s%s%s", (int)(at - it->string), it->string, to[k], at + strlen(from[k]));
-            free(it->string);
-            it->string = strdup(nn);
-            renamed++;
-        }
-    }
+    tu_st_edit(vpath, "legacy-diffusers/vae/diffusion_pytorch_model.safetensors", legacy_vae_names, &renamed);
     ck_assert_int_eq(renamed, 16); /* encoder + decoder, 4 linears x weight/bias */
-    char *h = cJSON_PrintUnformatted(hdr);
-    cJSON_Delete(hdr);
-    char out[4096];
-    w = snprintf(out, sizeof out, "%s/vae/diffusion_pytorch_model.safetensors", dir);
-    ck_assert(w > 0 && (size_t)w < sizeof out);
-    size_t nh = strlen(h);
-    unsigned char *buf = malloc(8 + nh);
-    put_u64(buf, nh);
-    memcpy(buf + 8, h, nh);
-    spit(out, buf, 8 + nh, d + 8 + hn, n - 8 - hn);
-    free(buf);
-    free(h);
-    cm_free(d);
 
     cm_error err = {0};
     wt_model *single = wt_model_open(tu_data("golden/sd1-tiny/model/sd1-tiny_f16.safetensors"), &err);
