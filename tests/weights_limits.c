@@ -42,15 +42,11 @@ static const char *write_bytes(const char *name, const void *data, size_t n)
  * replaces the stored header length when nonzero. */
 static const char *write_st(const char *name, const char *hdr, size_t ndata, uint64_t hlen_override)
 {
-    size_t hn = strlen(hdr);
-    size_t n = 8 + hn + ndata;
-    unsigned char *buf = malloc(n);
-    uint64_t hl = hlen_override ? hlen_override : hn;
-    for (int i = 0; i < 8; i++) buf[i] = (unsigned char)(hl >> (8 * i));
-    memcpy(buf + 8, hdr, hn);
-    memset(buf + 8 + hn, 0x5a, ndata);
-    const char *p = write_bytes(name, buf, n);
-    free(buf);
+    unsigned char *data = malloc(ndata + 1);
+    ck_assert(data);
+    memset(data, 0x5a, ndata);
+    const char *p = tu_st_write(name, hdr, hlen_override, data, ndata);
+    free(data);
     return p;
 }
 
@@ -368,6 +364,67 @@ START_TEST(test_alloc_failure)
 }
 END_TEST
 
+/* Names and shapes that pass the file checks but lie to family detection:
+ * every tensor is empty (a zero dim), so huge dims cost no bytes. */
+#define E0(name, shape) "\"" name "\":{\"dtype\":\"F32\",\"shape\":" shape ",\"data_offsets\":[0,0]}"
+#define SD1_TEXT_STUB                                                                        \
+    E0("cond_stage_model.transformer.text_model.embeddings.token_embedding.weight", "[10,8,0]") "," \
+    E0("cond_stage_model.transformer.text_model.embeddings.position_embedding.weight", "[77,0]") "," \
+    E0("cond_stage_model.transformer.text_model.encoder.layers.0.mlp.fc1.weight", "[32,0]") ","    \
+    E0("cond_stage_model.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight", "[0]") "," \
+    E0("first_stage_model.x", "[0]")
+#define UNET0 "model.diffusion_model."
+
+START_TEST(test_detect_hostile_layouts)
+{
+    /* 8 downsamplers: more levels than detection tracks (read past its
+     * per-level table before the fix; ASan: stack-buffer-overflow) */
+    const char *p = write_st("levels8.safetensors",
+                             "{" SD1_TEXT_STUB "," E0(UNET0 "input_blocks.0.0.weight", "[4,4,0]") ","
+                             E0(UNET0 "out.2.weight", "[4,0]") "," E0(UNET0 "time_embed.0.weight", "[16,0]") ","
+                             E0(UNET0 "input_blocks.1.0.op.weight", "[0]") "," E0(UNET0 "input_blocks.2.0.op.weight", "[0]") ","
+                             E0(UNET0 "input_blocks.3.0.op.weight", "[0]") "," E0(UNET0 "input_blocks.4.0.op.weight", "[0]") ","
+                             E0(UNET0 "input_blocks.5.0.op.weight", "[0]") "," E0(UNET0 "input_blocks.6.0.op.weight", "[0]") ","
+                             E0(UNET0 "input_blocks.7.0.op.weight", "[0]") "," E0(UNET0 "input_blocks.8.0.op.weight", "[0]") ","
+                             E0(UNET0 "input_blocks.9.0.op.weight", "[0]") "}",
+                             0, 0);
+    cm_error err = {0};
+    ck_assert(wt_model_open(p, &err) == NULL);
+    ck_assert_msg(strstr(err.msg, p) && strstr(err.msg, "levels"), "%s", err.msg);
+    expect_cli_refuses(p);
+
+    /* SD3 patch size 2^32 (x_embedder.proj [C, in, p, 0]): p*p overflowed int64 */
+    p = write_st("sd3patch.safetensors",
+                 "{" E0(UNET0 "joint_blocks.0.x_block.attn.qkv.weight", "[0]") ","
+                 E0(UNET0 "x_embedder.proj.weight", "[64,16,4294967296,0]") ","
+                 E0(UNET0 "final_layer.linear.weight", "[64,0]") "," E0(UNET0 "context_embedder.weight", "[64,128,0]") ","
+                 E0(UNET0 "y_embedder.mlp.0.weight", "[64,96,0]") "," E0("first_stage_model.x", "[0]") "}",
+                 0, 0);
+    ck_assert(wt_model_open(p, &err) == NULL);
+    ck_assert_msg(strstr(err.msg, p) && strstr(err.msg, "x_embedder"), "%s", err.msg);
+    expect_cli_refuses(p);
+}
+END_TEST
+
+/* Config numbers outside int range read as the default, in arrays too
+ * ((int)1e300 is undefined behaviour; on x86 it gave INT_MIN). */
+START_TEST(test_config_int_range)
+{
+    cm_error err = {0};
+    const char *j = "{\"a\": [1e300, -1e300, 2147483648, 3], \"b\": 1e300, \"c\": -5e9}";
+    cJSON *o = wt_json_parse(j, strlen(j), "test", &err);
+    ck_assert_msg(o != NULL, "%s", err.msg);
+    ck_assert_int_eq(wt_cfg_int_at(o, "a", 0, 7), 7);
+    ck_assert_int_eq(wt_cfg_int_at(o, "a", 1, 7), 7);
+    ck_assert_int_eq(wt_cfg_int_at(o, "a", 2, 7), 7);
+    ck_assert_int_eq(wt_cfg_int_at(o, "a", 3, 7), 3);
+    ck_assert_int_eq(wt_cfg_int_at(o, "b", 0, 7), 7);
+    ck_assert_int_eq(wt_cfg_int_at(o, "c", 5, 7), 7);
+    ck_assert_int_eq(wt_cfg_int(o, "b", 7), 7);
+    cJSON_Delete(o);
+}
+END_TEST
+
 TCase *tc_weights_limits(void)
 {
     TCase *tc = tu_tcase("weights_limits");
@@ -385,6 +442,8 @@ TCase *tc_weights_limits(void)
     tcase_add_test(tc, test_truncated_model);
     tcase_add_test(tc, test_bad_config);
     tcase_add_test(tc, test_bad_diffusers);
+    tcase_add_test(tc, test_detect_hostile_layouts);
+    tcase_add_test(tc, test_config_int_range);
     tcase_add_loop_test(tc, test_alloc_failure, 0, 2); /* single file, diffusers folder */
     return tc;
 }

@@ -193,7 +193,7 @@ static cJSON *unet_config(const wt_model *m, wt_family fam, int64_t pooled_dim, 
             }
         }
     }
-    if (nres[L] > 0) L++;
+    if (L < MAX_LEVELS && nres[L] > 0) L++; /* the break above leaves L == MAX_LEVELS */
     if (L == 0 || L >= MAX_LEVELS)
         return cm_error_set(err, CM_ERR_FORMAT, "%s: UNet input_blocks: cannot find the levels (found %d)",
                             P, L),
@@ -346,6 +346,12 @@ static cJSON *sd3_config(const wt_model *m, cm_error *err)
                             "%s: MMDiT is incomplete: x_embedder.proj, final_layer.linear, context_embedder, "
                             "y_embedder or joint_blocks missing or inconsistent",
                             wt_model_path(m)),
+               NULL;
+    /* A dim can be huge when another one is 0 (no bytes): bound p before p*p. */
+    if (p > 64 || fin % (p * p))
+        return cm_error_set(err, CM_ERR_FORMAT,
+                            "%s: MMDiT x_embedder.proj patch size %lld does not fit final_layer.linear (%lld outputs)",
+                            wt_model_path(m), (long long)p, (long long)fin),
                NULL;
     cJSON *c = cJSON_CreateObject();
     if (!c) return NULL;

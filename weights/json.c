@@ -48,11 +48,11 @@ double wt_cfg_num(const cJSON *obj, const char *key, double def)
     return def;
 }
 
+static int to_int(double d, int def);
+
 int wt_cfg_int(const cJSON *obj, const char *key, int def)
 {
-    double d = wt_cfg_num(obj, key, def);
-    if (!(d > -2147483648.0 && d < 2147483647.0)) return def;
-    return (int)d;
+    return to_int(wt_cfg_num(obj, key, def), def);
 }
 
 const char *wt_cfg_str(const cJSON *obj, const char *key, const char *def)
@@ -61,15 +61,22 @@ const char *wt_cfg_str(const cJSON *obj, const char *key, const char *def)
     return cJSON_IsString(v) ? v->valuestring : def;
 }
 
+/* A double as an int, or def when out of range ((int) of it is undefined). */
+static int to_int(double d, int def)
+{
+    if (!(d > -2147483648.0 && d < 2147483647.0)) return def;
+    return (int)d;
+}
+
 int wt_cfg_int_at(const cJSON *obj, const char *key, int i, int def)
 {
     const cJSON *v = item(obj, key);
     if (cJSON_IsArray(v)) {
         const cJSON *e = cJSON_GetArrayItem(v, i);
-        if (cJSON_IsNumber(e)) return (int)e->valuedouble;
+        if (cJSON_IsNumber(e)) return to_int(e->valuedouble, def);
         return def;
     }
-    if (cJSON_IsNumber(v)) return (int)v->valuedouble;
+    if (cJSON_IsNumber(v)) return to_int(v->valuedouble, def);
     return def;
 }
 
