@@ -15,7 +15,9 @@
  */
 #include "testutil.h"
 
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "textenc_internal.h"
 
@@ -346,7 +348,46 @@ START_TEST(prompt_limits)
         else ck_assert_int_eq(st, CM_ERR_NOMEM);
         ck_assert_ptr_null(st == CM_OK ? NULL : c.ids);
     }
+    /* allocation failure while merging runs of equal weights */
+    for (long k = 1; k < 40; k++) {
+        te_prompt_part *parts = NULL;
+        int np = 0;
+        cm_alloc_fail_at(k);
+        cm_status st = te_prompt_parse("a\\(b\\)c (d) e\\[f", &parts, &np, &err);
+        cm_alloc_fail_at(0);
+        if (st == CM_OK) {
+            ck_assert_int_eq(np, 3);
+            ck_assert_str_eq(parts[0].text, "a(b)c ");
+            ck_assert_str_eq(parts[2].text, " e[f");
+            te_prompt_parts_free(parts, np);
+        } else {
+            ck_assert_int_eq(st, CM_ERR_NOMEM);
+        }
+    }
     te_tokenizer_free(t);
+}
+END_TEST
+
+/* Long prompts parse in linear time: 100k escaped brackets (100k parts of
+ * weight 1 merged into one) took minutes when runs were merged pairwise. */
+START_TEST(prompt_long_linear)
+{
+    const int n = 100000;
+    char *s = malloc(2 * (size_t)n + 1);
+    ck_assert(s);
+    for (int i = 0; i < n; i++) memcpy(s + 2 * i, "\\(", 2);
+    s[2 * n] = 0;
+    cm_error err = {0};
+    te_prompt_part *parts = NULL;
+    int np = 0;
+    clock_t c0 = clock();
+    ck_assert_msg(te_prompt_parse(s, &parts, &np, &err) == CM_OK, "%s", err.msg);
+    double cpu = (double)(clock() - c0) / CLOCKS_PER_SEC;
+    ck_assert_int_eq(np, 1);
+    ck_assert_int_eq((int)strlen(parts[0].text), n);
+    ck_assert_msg(cpu < 5.0, "parsing %d escaped brackets took %.1f s of CPU", n, cpu);
+    te_prompt_parts_free(parts, np);
+    free(s);
 }
 END_TEST
 
@@ -357,5 +398,6 @@ TCase *tc_textenc_prompt(void)
     tcase_add_test(tc, prompt_chunks_basic);
     tcase_add_test(tc, prompt_chunks_boundaries);
     tcase_add_test(tc, prompt_limits);
+    tcase_add_test(tc, prompt_long_linear);
     return tc;
 }

@@ -265,23 +265,37 @@ static cm_status parse_prompt_attention(const char *s, parts *res, cm_error *err
     round = square = NULL;
     if (res->n == 0) parts_push(res, "", 0, 1.0);
     if (res->oom) goto oom;
-    /* merge runs of identical weights */
-    for (int k = 0; k + 1 < res->n;) {
-        if (res->v[k].weight == res->v[k + 1].weight) {
-            size_t la = strlen(res->v[k].text), lb = strlen(res->v[k + 1].text);
-            char *t = cm_alloc(la + lb + 1, "prompt part", err);
-            if (!t) goto oom;
-            memcpy(t, res->v[k].text, la);
-            memcpy(t + la, res->v[k + 1].text, lb + 1);
-            cm_free(res->v[k].text);
-            cm_free(res->v[k + 1].text);
-            res->v[k].text = t;
-            memmove(res->v + k + 1, res->v + k + 2, (size_t)(res->n - k - 2) * sizeof *res->v);
-            res->n--;
+    /* merge runs of identical weights, each run concatenated once (merging
+     * pairwise was quadratic: a 32 KB prompt of "\\(" took seconds) */
+    int w = 0;
+    for (int k = 0; k < res->n;) {
+        int e = k + 1;
+        size_t len = strlen(res->v[k].text);
+        while (e < res->n && res->v[e].weight == res->v[k].weight) len += strlen(res->v[e++].text);
+        if (e - k > 1) {
+            char *t = cm_alloc(len + 1, "prompt part", err);
+            if (!t) { /* [0, w) hold the merged parts; [k, n) are untouched */
+                for (int q = k; q < res->n; q++) cm_free(res->v[q].text);
+                res->n = w;
+                goto oom;
+            }
+            size_t o = 0;
+            for (int q = k; q < e; q++) {
+                size_t l = strlen(res->v[q].text);
+                memcpy(t + o, res->v[q].text, l);
+                o += l;
+                cm_free(res->v[q].text);
+            }
+            t[o] = 0;
+            res->v[w].text = t;
+            res->v[w].weight = res->v[k].weight;
         } else {
-            k++;
+            res->v[w] = res->v[k];
         }
+        w++;
+        k = e;
     }
+    res->n = w;
     return CM_OK;
 oom:
     cm_free(round);
