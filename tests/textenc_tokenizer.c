@@ -190,6 +190,57 @@ START_TEST(tokenizer_limits)
 }
 END_TEST
 
+/* Long runs of combining marks: NFC's canonical ordering (a stable sort by
+ * combining class) was an insertion sort, quadratic in the run length (32 KB
+ * of alternating marks took seconds, a 256 KB prompt minutes). */
+START_TEST(tokenizer_long_marks)
+{
+    cm_error err = {0};
+    te_tokenizer *tok = te_tokenizer_create(&err);
+    ck_assert(tok);
+    /* U+0301 (ccc 230) and U+0316 (ccc 220) alternating sort to all U+0316
+     * first: the same ids as the sorted text, after a starter too */
+    const int k = 40;
+    char alt[4 * 40 + 2] = "e", sorted[4 * 40 + 2] = "e";
+    for (int i = 0; i < k; i++) {
+        strcat(alt, "\xcc\x81\xcc\x96");
+        strcat(sorted, "\xcc\x96");
+    }
+    for (int i = 0; i < k; i++) strcat(sorted, "\xcc\x81");
+    int32_t *a = NULL, *b = NULL;
+    int na = 0, nb = 0;
+    for (int skip = 0; skip < 2; skip++) {
+        ck_assert_int_eq(te_tokenize(tok, alt + skip, &a, &na, &err), CM_OK);
+        ck_assert_int_eq(te_tokenize(tok, sorted + skip, &b, &nb, &err), CM_OK);
+        ck_assert_int_eq(na, nb);
+        for (int i = 0; i < na; i++) ck_assert_int_eq(a[i], b[i]);
+        cm_free(a);
+        cm_free(b);
+    }
+    for (long f = 1; f < 40; f++) {
+        cm_alloc_fail_at(f);
+        cm_status st = te_tokenize(tok, alt, &a, &na, &err);
+        cm_alloc_fail_at(0);
+        if (st == CM_OK) cm_free(a);
+        else ck_assert_int_eq(st, CM_ERR_NOMEM);
+    }
+    /* 64k pairs (256 KB) in well under a few seconds of CPU */
+    const size_t pairs = 65536;
+    char *big = malloc(4 * pairs + 1);
+    ck_assert(big);
+    for (size_t i = 0; i < pairs; i++) memcpy(big + 4 * i, "\xcc\x81\xcc\x96", 4);
+    big[4 * pairs] = 0;
+    clock_t c0 = clock();
+    ck_assert_int_eq(te_tokenize(tok, big, &a, &na, &err), CM_OK);
+    double cpu = (double)(clock() - c0) / CLOCKS_PER_SEC;
+    ck_assert_int_gt(na, 0);
+    cm_free(a);
+    free(big);
+    ck_assert_msg(cpu < 5.0, "256 KB of combining marks took %.1f s of CPU", cpu);
+    te_tokenizer_free(tok);
+}
+END_TEST
+
 /* Pairs the reference pipeline maps to the same ids (ftfy 6, html.unescape,
  * str.lower(), NFC), beyond what the golden prompts exercise. */
 START_TEST(tokenizer_equivalences)
@@ -285,6 +336,7 @@ TCase *tc_textenc_tokenizer(void)
     tcase_add_test(tc, tokenizer_golden_ids);
     tcase_add_test(tc, tokenizer_create_fast);
     tcase_add_test(tc, tokenizer_limits);
+    tcase_add_test(tc, tokenizer_long_marks);
     tcase_add_test(tc, tokenizer_equivalences);
     tcase_add_test(tc, tokenizer_cli);
     return tc;

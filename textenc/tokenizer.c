@@ -422,6 +422,37 @@ static uint32_t compose_pair(uint32_t a, uint32_t b)
     return 0;
 }
 
+/* Stable sort of b->v[a..e) (non-starters) by ccc: insertion sort for the
+ * usual short runs, a counting sort for long ones (hostile text can make a
+ * run as long as the prompt; insertion sort was quadratic there). */
+static void sort_by_ccc(ubuf *b, size_t a, size_t e)
+{
+    uint32_t *v = b->v + a;
+    const size_t n = e - a;
+    if (n <= 32) {
+        for (size_t i = 1; i < n; i++) {
+            int cc = ccc_of(v[i]);
+            for (size_t j = i; j > 0 && ccc_of(v[j - 1]) > cc; j--) {
+                uint32_t tmp = v[j];
+                v[j] = v[j - 1];
+                v[j - 1] = tmp;
+            }
+        }
+        return;
+    }
+    uint32_t *tmp = cm_alloc(n * sizeof *tmp, "tokenizer text", NULL);
+    if (!tmp) {
+        b->oom = 1;
+        return;
+    }
+    size_t start[257] = {0};
+    for (size_t i = 0; i < n; i++) start[ccc_of(v[i]) + 1]++;
+    for (int c = 1; c < 257; c++) start[c] += start[c - 1];
+    for (size_t i = 0; i < n; i++) tmp[start[ccc_of(v[i])]++] = v[i];
+    memcpy(v, tmp, n * sizeof *tmp);
+    cm_free(tmp);
+}
+
 static void nfc(ubuf *s)
 {
     int ascii = 1;
@@ -434,17 +465,20 @@ static void nfc(ubuf *s)
         ub_free(&d);
         return;
     }
-    /* canonical ordering: stable insertion sort of each run of non-starters */
-    for (size_t i = 1; i < d.n; i++) {
-        int cc = ccc_of(d.v[i]);
-        if (!cc) continue;
-        for (size_t j = i; j > 0; j--) {
-            int pc = ccc_of(d.v[j - 1]);
-            if (pc <= cc) break;
-            uint32_t tmp = d.v[j];
-            d.v[j] = d.v[j - 1];
-            d.v[j - 1] = tmp;
+    /* canonical ordering: a stable sort by ccc of each run of non-starters */
+    for (size_t i = 0; i < d.n && !d.oom;) {
+        if (!ccc_of(d.v[i])) {
+            i++;
+            continue;
         }
+        size_t a = i;
+        while (i < d.n && ccc_of(d.v[i])) i++;
+        sort_by_ccc(&d, a, i);
+    }
+    if (d.oom) {
+        s->oom = 1;
+        ub_free(&d);
+        return;
     }
     /* composition, in place */
     size_t out = 0;
