@@ -521,6 +521,44 @@ START_TEST(encode_cli)
 }
 END_TEST
 
+/* --clip-skip on SD2 counts from the full OpenCLIP tower (2 = the default,
+ * penultimate layer) whatever the file holds: a diffusers SD2 text encoder
+ * already lacks the last layer (text_layers_used = all of its layers).
+ * Simulated with sd2-tiny whose stipple.config says text_layers_used 4 (of
+ * 4 layers in the file): the same tower one layer shallower than in full. */
+START_TEST(encode_sd2_layers_used)
+{
+    const char *g = "golden/sd2-tiny/text_encoder.safetensors";
+    const char *path = tu_st_patch(tu_data(SD2_MODEL), "sd2_layers_used4.safetensors",
+                                   "text_layers_used\\\": 3", "text_layers_used\\\": 4");
+    cm_error err = {0};
+    wt_model *m = wt_model_open(path, &err);
+    ck_assert_msg(m != NULL, "%s", err.msg);
+    te_encoder *e = make_encoder(m);
+    te_cond c = {0}, u = {0};
+    /* default and --clip-skip 2: all 4 layers (the "full tower" golden here) */
+    for (int skip = 0; skip <= 2; skip += 2) {
+        encode_ok(e, P0, "", skip, &c, &u);
+        check_row(skip ? "sd2 used-4 clip-skip 2" : "sd2 used-4 default", &c.context, g,
+                  "full_tower_last_hidden_state", 0);
+        te_cond_release(&c);
+        te_cond_release(&u);
+    }
+    /* --clip-skip 3: one layer less, what clip-skip 2 gives on the original */
+    encode_ok(e, P0, "", 3, &c, &u);
+    check_row("sd2 used-4 clip-skip 3", &c.context, g, "last_hidden_state", 0);
+    te_cond_release(&c);
+    te_cond_release(&u);
+    /* --clip-skip 1 asks for a layer the file lacks: the last one, no error */
+    encode_ok(e, P0, "", 1, &c, &u);
+    check_row("sd2 used-4 clip-skip 1", &c.context, g, "full_tower_last_hidden_state", 0);
+    te_cond_release(&c);
+    te_cond_release(&u);
+    te_encoder_free(e);
+    wt_model_close(m);
+}
+END_TEST
+
 TCase *tc_textenc_clip(void)
 {
     TCase *tc = tu_tcase("textenc_clip");
@@ -533,6 +571,7 @@ TCase *tc_textenc_clip(void)
     tcase_add_test(tc, encode_sd1_golden);
     tcase_add_test(tc, encode_sd1_diffusers);
     tcase_add_test(tc, encode_sd2_golden);
+    tcase_add_test(tc, encode_sd2_layers_used);
     tcase_add_test(tc, encode_sdxl_golden);
     tcase_add_test(tc, encode_emphasis_chunks);
     tcase_add_test(tc, encode_cli);

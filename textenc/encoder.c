@@ -44,6 +44,7 @@ struct te_encoder {
     te_sd3 *sd3;       /* SD3: CLIP-L + CLIP-G + T5 (sd3.c), else NULL */
     int32_t pad1, pad2;
     int default_skip;  /* clip_skip used when the caller passes 0 */
+    int full_layers;   /* SD1/SD2: depth of the full tower clip_skip counts from */
     /* The last pair encoded: a repeated call (next image of a batch, next
      * job with the same prompts) is a copy, not a second encoding. */
     char *last_prompt, *last_negative;
@@ -76,6 +77,7 @@ te_encoder *te_encoder_create(const wt_model *m, cm_error *err)
         if (!e->enc1) goto fail;
         e->pad1 = TE_EOS;
         e->default_skip = 1;
+        e->full_layers = te_clip_get_config(e->enc1)->layers;
         break;
     }
     case WT_FAMILY_SD2: {
@@ -94,7 +96,11 @@ te_encoder *te_encoder_create(const wt_model *m, cm_error *err)
                          used, c->layers);
             goto fail;
         }
-        e->default_skip = c->layers - used + 1;
+        /* clip_skip counts from the full tower, whose penultimate layer is
+         * the default (`used`): a diffusers text_encoder lacks the last
+         * layer, so the same N means the same hidden state in both forms */
+        e->full_layers = used + 1;
+        e->default_skip = 2;
         e->pad1 = 0;
         break;
     }
@@ -324,9 +330,15 @@ static cm_status encode_pair(te_encoder *e, const char *prompt, const char *nega
         if (st == CM_OK)
             st = run_tower(e->enc2, ids2, w2, B, skip_layer(g2->layers, N), 0, ctx + g1->width, C, pooled, err);
     } else {
-        if (N > g1->layers)
-            cm_warn("--clip-skip %d: the text encoder has %d layers; using the first layer", N, g1->layers);
-        st = run_tower(e->enc1, ids1, w1, B, skip_layer(g1->layers, N), 1, ctx, C, NULL, err);
+        int layer = skip_layer(e->full_layers, N);
+        if (N > e->full_layers)
+            cm_warn("--clip-skip %d: the text encoder has %d layers; using the first layer", N, e->full_layers);
+        if (layer > g1->layers) { /* N = 1 on a tower stored without its last layer */
+            cm_warn("--clip-skip %d: the model's text encoder lacks the last layer; using its last (%d)", N,
+                    g1->layers);
+            layer = g1->layers;
+        }
+        st = run_tower(e->enc1, ids1, w1, B, layer, 1, ctx, C, NULL, err);
     }
     if (st == CM_OK) st = alloc_cond(cond, nc, C, P, err);
     if (st == CM_OK) {
