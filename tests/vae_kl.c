@@ -358,26 +358,7 @@ END_TEST
  * the same length. */
 static const char *patched_model(const char *name, const char *from, const char *to)
 {
-    static char out[1024];
-    char *data = NULL;
-    size_t n = 0;
-    cm_error err = {0};
-    ck_assert_msg(cm_file_read_all(model_path("sd1-tiny"), &data, &n, &err) == CM_OK, "%s", err.msg);
-    ck_assert_int_eq(strlen(from), strlen(to));
-    uint64_t hl = 0;
-    memcpy(&hl, data, 8);
-    char *hdr = data + 8, *at = NULL;
-    for (char *p = hdr; p + strlen(from) <= hdr + hl; p++)
-        if (memcmp(p, from, strlen(from)) == 0) {
-            at = p;
-            break;
-        }
-    ck_assert_msg(at != NULL, "'%s' not in the header", from);
-    memcpy(at, to, strlen(to));
-    snprintf(out, sizeof out, "%s/%s", tu_tmpdir(), name);
-    ck_assert_msg(cm_file_write_atomic(out, data, n, 1, &err) == CM_OK, "%s", err.msg);
-    cm_free(data);
-    return out;
+    return tu_st_patch(model_path("sd1-tiny"), name, from, to);
 }
 
 START_TEST(test_missing_tensor)
