@@ -57,6 +57,24 @@ static void ukr_portable(int64_t kc, const float *restrict a, const float *restr
         for (int j = 0; j < PNR; j++) c[r * ldc + j] = acc[r][j];
 }
 
+static void ukr_rows_portable(int64_t kc, const float *const *a, const float *restrict b,
+                              float *restrict c, int64_t ldc, int accumulate)
+{
+    float acc[PMR][PNR];
+    for (int r = 0; r < PMR; r++)
+        for (int j = 0; j < PNR; j++) acc[r][j] = accumulate ? c[r * ldc + j] : 0.0f;
+    for (int64_t k = 0; k < kc; k++) {
+        const float *bk = b + k * PNR;
+        for (int r = 0; r < PMR; r++) {
+            float av = a[r][k];
+#pragma omp simd
+            for (int j = 0; j < PNR; j++) acc[r][j] += av * bk[j];
+        }
+    }
+    for (int r = 0; r < PMR; r++)
+        for (int j = 0; j < PNR; j++) c[r * ldc + j] = acc[r][j];
+}
+
 #if CM_HAVE_X86
 /* One row of the AVX2 6x16 tile: broadcast a[r], two FMAs. */
 #define A2_ROW(r)                                                            \
@@ -85,6 +103,29 @@ ukr_avx2(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, int 
         __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
         A2_ROW(0); A2_ROW(1); A2_ROW(2); A2_ROW(3); A2_ROW(4); A2_ROW(5);
         a += 6;
+        b += 16;
+    }
+    A2_STORE(0); A2_STORE(1); A2_STORE(2); A2_STORE(3); A2_STORE(4); A2_STORE(5);
+}
+
+/* Indirection variant: row r of A at ar[r] + k. */
+#define A2R_ROW(r)                                                           \
+    do {                                                                     \
+        __m256 av = _mm256_broadcast_ss(a##r + k);                           \
+        c##r##0 = _mm256_fmadd_ps(av, b0, c##r##0);                          \
+        c##r##1 = _mm256_fmadd_ps(av, b1, c##r##1);                          \
+    } while (0)
+
+__attribute__((target("avx2,fma"))) static void
+ukr_rows_avx2(int64_t kc, const float *const *ar, const float *b, float *c, int64_t ldc,
+              int accumulate)
+{
+    __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
+    const float *a0 = ar[0], *a1 = ar[1], *a2 = ar[2], *a3 = ar[3], *a4 = ar[4], *a5 = ar[5];
+    A2_LOAD(0); A2_LOAD(1); A2_LOAD(2); A2_LOAD(3); A2_LOAD(4); A2_LOAD(5);
+    for (int64_t k = 0; k < kc; k++) {
+        __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
+        A2R_ROW(0); A2R_ROW(1); A2R_ROW(2); A2R_ROW(3); A2R_ROW(4); A2R_ROW(5);
         b += 16;
     }
     A2_STORE(0); A2_STORE(1); A2_STORE(2); A2_STORE(3); A2_STORE(4); A2_STORE(5);
@@ -130,10 +171,12 @@ ukr_avx512(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, in
 
 double cm_par_min_work = CM_PAR_MIN_WORK;
 
-static const cm_isa isa_portable = {"portable", PMR, PNR, ukr_portable};
+static const cm_isa isa_portable = {"portable", PMR, PNR, ukr_portable, ukr_rows_portable};
 #if CM_HAVE_X86
-static const cm_isa isa_avx2 = {"avx2", 6, 16, ukr_avx2};
-static const cm_isa isa_avx512 = {"avx512", 12, 32, ukr_avx512};
+static const cm_isa isa_avx2 = {"avx2", 6, 16, ukr_avx2, ukr_rows_avx2};
+/* No indirection kernel: this machine cannot run AVX-512, so that path
+ * stays the packed-A one it was written and reviewed with. */
+static const cm_isa isa_avx512 = {"avx512", 12, 32, ukr_avx512, NULL};
 #endif
 
 int cm_isa_supported(const char *name)
@@ -460,6 +503,10 @@ void cm_pack_cache_stats(size_t *bytes, long *hits, long *misses)
 #define MC_ROWS 96 /* a multiple of every MR (4, 6, 12) */
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+_Static_assert(sizeof(float *) <= 2 * sizeof(float), "row pointers fit in two floats");
+
+/* What the indirection kernel reads for padding taps and rows past M. */
+static const float g_zero_row[KC_MAX] __attribute__((aligned(64)));
 
 /* Gather rows m0.. m0+mc-1 (tap t, channels c0..c0+kc-1) into MR-row
  * panels, k-major; rows past mc and padding taps are zero. */
@@ -587,7 +634,15 @@ void cm_gemm_run(const cm_gemm_job *jb)
     ncp = ceil_div(ncp, gg) * gg; /* geglu: a/gate panel pairs stay together */
     int64_t nb = ceil_div(npan, ncp);
     int64_t kc_blk = C < KC_MAX ? (C > 0 ? C : 1) : KC_MAX;
-    size_t a_sz = (size_t)(mc_blk * kc_blk), c_sz = (size_t)(mc_blk * ncp * nr);
+    /* A panel, or (indirection) the row pointers of the block, in floats.
+     * env STIPPLE_GEMM_PACK_A=1 packs A anyway (for benchmarks). */
+    static int pack_a_env = -1;
+    if (pack_a_env < 0) pack_a_env = getenv("STIPPLE_GEMM_PACK_A") != NULL;
+    const int use_rows = isa->ukr_rows && !pack_a_env;
+    size_t a_sz = use_rows ? (size_t)mc_blk * 2 /* one pointer = two floats */
+                                : (size_t)(mc_blk * kc_blk);
+    a_sz = (a_sz + 15) / 16 * 16;
+    size_t c_sz = (size_t)(mc_blk * ncp * nr);
     float *work = cm_alloc((size_t)nt * (a_sz + c_sz) * sizeof(float), "gemm work", NULL);
     float *zeros = jb->bias ? NULL : cm_calloc((size_t)(gg * N) * sizeof(float), "gemm bias", NULL);
     const float *bias = jb->bias ? jb->bias : zeros;
@@ -622,13 +677,27 @@ void cm_gemm_run(const cm_gemm_job *jb)
             for (int t = 0; t < jb->ntap; t++)
                 for (int64_t c0 = 0; c0 < C; c0 += kc_blk) {
                     int64_t kc = C - c0 < kc_blk ? C - c0 : kc_blk;
-                    pack_a(jb, mr, m0, mc, t, c0, kc, apk);
                     int64_t koff = (int64_t)t * C + c0;
-                    for (int64_t p = 0; p < np; p++) {
-                        const float *bpan = bp + (p0 + p) * nr * K + koff * nr;
-                        for (int64_t i = 0; i < tiles; i++)
-                            isa->ukr(kc, apk + i * mr * kc, bpan, acc + i * mr * ldc + p * nr,
-                                     ldc, !first);
+                    if (use_rows) {
+                        const float **rows = (const float **)(void *)apk;
+                        for (int64_t i = 0; i < tiles * mr; i++) {
+                            const float *src = i < mc ? jb->arow(jb, m0 + i, t) : NULL;
+                            rows[i] = src ? src + c0 : g_zero_row;
+                        }
+                        for (int64_t p = 0; p < np; p++) {
+                            const float *bpan = bp + (p0 + p) * nr * K + koff * nr;
+                            for (int64_t i = 0; i < tiles; i++)
+                                isa->ukr_rows(kc, rows + i * mr, bpan,
+                                              acc + i * mr * ldc + p * nr, ldc, !first);
+                        }
+                    } else {
+                        pack_a(jb, mr, m0, mc, t, c0, kc, apk);
+                        for (int64_t p = 0; p < np; p++) {
+                            const float *bpan = bp + (p0 + p) * nr * K + koff * nr;
+                            for (int64_t i = 0; i < tiles; i++)
+                                isa->ukr(kc, apk + i * mr * kc, bpan, acc + i * mr * ldc + p * nr,
+                                         ldc, !first);
+                        }
                     }
                     first = 0;
                 }

@@ -29,10 +29,18 @@
 typedef void (*cm_ukr_fn)(int64_t kc, const float *a, const float *b, float *c, int64_t ldc,
                           int accumulate);
 
+/* The same tile with A read in place: row r of the tile is a[r][0..kc-1]
+ * (an "indirection" microkernel, as in XNNPACK's IGEMM). The GEMM engine
+ * uses it to skip packing A; the multiply-add chains are the same, so are
+ * the results. */
+typedef void (*cm_ukr_rows_fn)(int64_t kc, const float *const *a, const float *b, float *c,
+                               int64_t ldc, int accumulate);
+
 typedef struct {
     const char *name; /* "portable", "avx2", "avx512" */
     int mr, nr;
     cm_ukr_fn ukr;
+    cm_ukr_rows_fn ukr_rows; /* NULL: the engine packs A */
 } cm_isa;
 
 /* The ISA the kernels use now: the best the CPU supports, unless the

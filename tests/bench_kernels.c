@@ -8,7 +8,8 @@
  *    shape and prints `name shape ms GFLOP/s %peak` (median of the runs).
  *
  * Weights are F16 (as in the SD 1.5 F16 checkpoints), activations float32.
- * Usage: bench_kernels [--quick] (env STIPPLE_ISA picks the microkernel).
+ * Usage: bench_kernels [--quick] [--only SUBSTRING] (env STIPPLE_ISA picks
+ * the microkernel, STIPPLE_THREADS the thread count).
  */
 #include "common.h"
 #include "simd.h"
@@ -180,6 +181,8 @@ static int cmp_d(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 static int g_reps = 3;
+static const char *g_only; /* --only SUBSTRING: run the matching benchmarks */
+static int want(const char *name) { return !g_only || strstr(name, g_only); }
 #define TIME(name, shape, flop, call)                                        \
     do {                                                                     \
         double ts_[16], cs_[16];                                             \
@@ -209,6 +212,7 @@ static void bench_conv(int B, int H, int W, int C, int OC)
     cm_wview w = f16w(4, ws, 0.05f, &wm), b = f16w(1, bs, 1.0f, &bm);
     cm_conv_params p = {1, 1};
     char name[64], shape[64];
+    if (!want("conv3x3")) return;
     /* check on a 3x5 slice */
     {
         float *x = rbuf(3 * 5 * C, 1.0f), *y1 = rbuf(3 * 5 * OC, 1), *y2 = rbuf(3 * 5 * OC, 1);
@@ -227,6 +231,7 @@ static void bench_conv(int B, int H, int W, int C, int OC)
 
 static void bench_upconv(int B, int H, int W, int C)
 {
+    if (!want("upsample_conv")) return;
     int64_t ws[4] = {C, C, 3, 3}, bs[1] = {C};
     uint16_t *wm, *bm;
     cm_wview w = f16w(4, ws, 0.05f, &wm), b = f16w(1, bs, 1.0f, &bm);
@@ -248,6 +253,7 @@ static void bench_upconv(int B, int H, int W, int C)
 
 static void bench_linear(const char *name, int64_t M, int64_t K, int64_t N, cm_act act)
 {
+    if (!want(name)) return;
     int64_t ws[2] = {N, K}, bs[1] = {N};
     uint16_t *wm, *bm;
     cm_wview w = f16w(2, ws, 0.05f, &wm), b = f16w(1, bs, 1.0f, &bm);
@@ -269,6 +275,7 @@ static void bench_linear(const char *name, int64_t M, int64_t K, int64_t N, cm_a
  * cm_linear into (M,2N) then cm_geglu. */
 static void bench_geglu(int64_t M, int64_t K, int64_t N)
 {
+    if (!want("linear_geglu")) return;
     int64_t ws[2] = {2 * N, K}, bs[1] = {2 * N};
     uint16_t *wm, *bm;
     cm_wview w = f16w(2, ws, 0.05f, &wm), b = f16w(1, bs, 1.0f, &bm);
@@ -288,6 +295,7 @@ static void bench_geglu(int64_t M, int64_t K, int64_t N)
 
 static void bench_attention(const char *name, int B, int heads, int Tq, int Tk, int hd)
 {
+    if (!want(name)) return;
     cm_attn_params p = {0};
     p.B = B, p.heads = heads, p.Tq = Tq, p.Tk = Tk, p.hd = hd, p.scale = 1.0f / sqrtf((float)hd);
     int64_t w = (int64_t)heads * hd;
@@ -314,6 +322,7 @@ static void bench_attention(const char *name, int B, int heads, int Tq, int Tk, 
 
 static void bench_group_norm(int B, int HW, int C)
 {
+    if (!want("group_norm")) return;
     int64_t cs[1] = {C};
     uint16_t *gm, *bm;
     cm_wview g = f16w(1, cs, 1.0f, &gm), be = f16w(1, cs, 1.0f, &bm);
@@ -331,7 +340,13 @@ static void bench_group_norm(int B, int HW, int C)
 
 int main(int argc, char **argv)
 {
-    int quick = argc > 1 && !strcmp(argv[1], "--quick");
+    int quick = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--quick"))
+            quick = 1;
+        else if (!strcmp(argv[i], "--only") && i + 1 < argc)
+            g_only = argv[++i];
+    }
     if (getenv("STIPPLE_THREADS")) cm_threads_set(atoi(getenv("STIPPLE_THREADS")));
     print_peaks();
     printf("%-20s %-26s %12s %15s %11s | per CPU-second of this process (load-independent)\n",
