@@ -474,6 +474,37 @@ START_TEST(test_extreme_masks)
 }
 END_TEST
 
+/* Same bytes for any thread count; a batch shares the prepared input and
+ * image i uses seed + i (equal to a single run with that seed). */
+START_TEST(test_threads_batch)
+{
+    char args[8192], a[2048], b[2048], c[2048];
+    const char *img = tu_data("images/i2i_rgb.jpg"), *mask = tu_data("images/i2i_mask.png");
+    snprintf(a, sizeof a, "%s/tb_t1.png", tu_tmpdir());
+    snprintf(b, sizeof b, "%s/tb_{seed}.png", tu_tmpdir());
+    snprintf(c, sizeof c, "%s/tb_seed11.png", tu_tmpdir());
+    snprintf(args, sizeof args,
+             "inpaint -m '%s' -p cat -i '%s' --mask '%s' --steps 2 --seed 11 --threads 1 -o '%s' "
+             "--overwrite --quiet",
+             tu_data(SD1), img, mask, a);
+    run_ok(args, NULL);
+    snprintf(args, sizeof args,
+             "inpaint -m '%s' -p cat -i '%s' --mask '%s' --steps 2 --seed 10 --batch-count 2 --threads 2 "
+             "-o '%s' --overwrite --quiet",
+             tu_data(SD1), img, mask, b);
+    run_ok(args, NULL);
+    char *da = NULL, *dc = NULL;
+    size_t na = 0, nc = 0;
+    cm_error e = {0};
+    snprintf(c, sizeof c, "%s/tb_11.png", tu_tmpdir());
+    ck_assert_msg(cm_file_read_all(a, &da, &na, &e) == CM_OK, "%s", e.msg);
+    ck_assert_msg(cm_file_read_all(c, &dc, &nc, &e) == CM_OK, "%s", e.msg);
+    ck_assert_msg(na == nc && !memcmp(da, dc, na), "image 2 of the batch (seed 11, 2 threads) differs from the seed-11 run on 1 thread");
+    cm_free(da);
+    cm_free(dc);
+}
+END_TEST
+
 /* A 9-channel checkpoint in txt2img and img2img: full mask, blank masked
  * image, said on stderr and in the metadata. */
 START_TEST(test_inpainting_model_txt2img)
@@ -514,6 +545,7 @@ TCase *tc_cmd_img2img(void)
     tcase_add_loop_test(tc, test_samplers, 0, 4);
     tcase_add_test(tc, test_untouched_pixels);
     tcase_add_test(tc, test_extreme_masks);
+    tcase_add_test(tc, test_threads_batch);
     tcase_add_test(tc, test_inpainting_model_txt2img);
     return tc;
 }
