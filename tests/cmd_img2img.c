@@ -342,6 +342,21 @@ START_TEST(test_input_formats)
         ck_assert_int_eq(h, 32);
         free(p);
     }
+    /* -W/-H resize the input (Lanczos-3); one of them alone keeps the
+     * aspect ratio: 48x32 at -W 64 -> 64x42.7 -> 64x32 (multiple of 16) */
+    static const struct {
+        const char *opt;
+        int w, h;
+    } sizes[] = {{"-W 32 -H 64", 32, 64}, {"-W 64", 64, 32}, {"-H 16", 16, 16}};
+    for (int k = 0; k < 3; k++) {
+        char out[2048];
+        snprintf(out, sizeof out, "%s/size%d.png", tu_tmpdir(), k);
+        small_run("img2img", tu_data("images/i2i_rgb.png"), NULL, sizes[k].opt, out, NULL);
+        int w, h;
+        uint8_t *p = read_u8(out, &w, &h);
+        ck_assert_msg(w == sizes[k].w && h == sizes[k].h, "%s: %dx%d", sizes[k].opt, w, h);
+        free(p);
+    }
 }
 END_TEST
 
