@@ -171,6 +171,13 @@ ukr_avx512(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, in
 
 double cm_par_min_work = CM_PAR_MIN_WORK;
 
+int cm_pack_a_forced(void)
+{
+    static int env = -1;
+    if (env < 0) env = getenv("STIPPLE_GEMM_PACK_A") != NULL;
+    return env;
+}
+
 static const cm_isa isa_portable = {"portable", PMR, PNR, ukr_portable, ukr_rows_portable};
 #if CM_HAVE_X86
 static const cm_isa isa_avx2 = {"avx2", 6, 16, ukr_avx2, ukr_rows_avx2};
@@ -636,9 +643,7 @@ void cm_gemm_run(const cm_gemm_job *jb)
     int64_t kc_blk = C < KC_MAX ? (C > 0 ? C : 1) : KC_MAX;
     /* A panel, or (indirection) the row pointers of the block, in floats.
      * env STIPPLE_GEMM_PACK_A=1 packs A anyway (for benchmarks). */
-    static int pack_a_env = -1;
-    if (pack_a_env < 0) pack_a_env = getenv("STIPPLE_GEMM_PACK_A") != NULL;
-    const int use_rows = isa->ukr_rows && !pack_a_env;
+    const int use_rows = isa->ukr_rows && !cm_pack_a_forced();
     size_t a_sz = use_rows ? (size_t)mc_blk * 2 /* one pointer = two floats */
                                 : (size_t)(mc_blk * kc_blk);
     a_sz = (a_sz + 15) / 16 * 16;

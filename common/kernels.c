@@ -381,7 +381,8 @@ typedef struct {
 
 /* Online-softmax step for one key block: S (nq x lds, already scaled), nk
  * keys in the block, query row i may see keys < lim[i]. Writes P into the
- * MR-row panel layout pp[tile][k][r]. Max and sum use 8 fixed partial
+ * MR-row panel layout pp[tile][k][r] (pp NULL: P stays in s, read there
+ * by the indirection microkernel). Max and sum use 8 fixed partial
  * lanes so they vectorise without reassociation. */
 CM_INLINE void att_softmax_body(float *s, int64_t lds, int nq, int nk, const int *lim, float *m,
                                 float *l, float *oacc, int64_t ldo, int hdp, float *pp, int mr)
@@ -417,8 +418,10 @@ CM_INLINE void att_softmax_body(float *s, int64_t lds, int nq, int nk, const int
 #pragma omp simd
             for (int d = 0; d < hdp; d++) o[d] *= alpha;
         }
-        float *dst = pp + (int64_t)(i / mr) * mr * ATT_BK + (i % mr);
-        for (int jj = 0; jj < nk; jj++) dst[jj * mr] = si[jj];
+        if (pp) {
+            float *dst = pp + (int64_t)(i / mr) * mr * ATT_BK + (i % mr);
+            for (int jj = 0; jj < nk; jj++) dst[jj * mr] = si[jj];
+        }
     }
 }
 
@@ -481,8 +484,20 @@ static void att_task(const att_ctx *c, const float *q, float *o, int b, int h, i
     const int level = cm_isa_level();
     int lim[ATT_BQ];
 
-    /* scale * Q, packed k-major in MR-row panels (kc = hd). */
-    for (int qt = 0; qt < qtiles; qt++)
+    /* scale * Q: row-major rows read in place by the indirection kernel,
+     * or packed k-major in MR-row panels (kc = hd). Same values either way,
+     * and S and P V are the same multiply-add chains, so the same bits. */
+    const float *rq[ATT_BQ + 16], *rp[ATT_BQ + 16];
+    const int rows = isa->ukr_rows != NULL && !cm_pack_a_forced();
+    if (rows)
+        for (int i = 0; i < qtiles * mr; i++) {
+            float *d = bu->qp + (int64_t)i * hd;
+            const float *qr = q + b * p->q_bstride + (int64_t)(t0 + i) * p->q_stride + h * hd;
+            for (int dd = 0; dd < hd; dd++) d[dd] = i < nq ? qr[dd] * p->scale : 0.0f;
+            rq[i] = d;
+            rp[i] = bu->s + (int64_t)i * bkp;
+        }
+    for (int qt = 0; qt < qtiles && !rows; qt++)
         for (int r = 0; r < mr; r++) {
             int i = qt * mr + r;
             float *d = bu->qp + (int64_t)qt * mr * hd + r;
@@ -504,17 +519,27 @@ static void att_task(const att_ctx *c, const float *q, float *o, int b, int h, i
         const float *vp = kp + (size_t)bkp * c->hd16;
         for (int pn = 0; pn < kpan; pn++)
             for (int qt = 0; qt < qtiles; qt++)
-                isa->ukr(hd, bu->qp + (int64_t)qt * mr * hd, kp + (size_t)pn * c->hd16 * nr,
-                         bu->s + (int64_t)qt * mr * bkp + pn * nr, bkp, 0);
+                if (rows)
+                    isa->ukr_rows(hd, rq + qt * mr, kp + (size_t)pn * c->hd16 * nr,
+                                  bu->s + (int64_t)qt * mr * bkp + pn * nr, bkp, 0);
+                else
+                    isa->ukr(hd, bu->qp + (int64_t)qt * mr * hd, kp + (size_t)pn * c->hd16 * nr,
+                             bu->s + (int64_t)qt * mr * bkp + pn * nr, bkp, 0);
         for (int i = 0; i < nq; i++) lim[i] = (p->causal ? t0 + i + 1 : p->Tk) - s0;
         if (CM_HAVE_AVX2_CLONES && level >= 1)
-            att_softmax_avx2(bu->s, bkp, nq, nk, lim, bu->m, bu->l, bu->oacc, hdp, hdp, bu->pp, mr);
+            att_softmax_avx2(bu->s, bkp, nq, nk, lim, bu->m, bu->l, bu->oacc, hdp, hdp,
+                             rows ? NULL : bu->pp, mr);
         else
-            att_softmax_c(bu->s, bkp, nq, nk, lim, bu->m, bu->l, bu->oacc, hdp, hdp, bu->pp, mr);
+            att_softmax_c(bu->s, bkp, nq, nk, lim, bu->m, bu->l, bu->oacc, hdp, hdp,
+                          rows ? NULL : bu->pp, mr);
         /* P columns past nk meet zero V rows; P rows past nq are discarded. */
         for (int pn = 0; pn < hdp / nr; pn++)
             for (int qt = 0; qt < qtiles; qt++)
-                isa->ukr(nk, bu->pp + (int64_t)qt * mr * ATT_BK, vp + (size_t)pn * ATT_BK * nr,
+                if (rows)
+                    isa->ukr_rows(nk, rp + qt * mr, vp + (size_t)pn * ATT_BK * nr,
+                                  bu->oacc + (int64_t)qt * mr * hdp + pn * nr, hdp, 1);
+                else
+                    isa->ukr(nk, bu->pp + (int64_t)qt * mr * ATT_BK, vp + (size_t)pn * ATT_BK * nr,
                          bu->oacc + (int64_t)qt * mr * hdp + pn * nr, hdp, 1);
     }
     for (int i = 0; i < nq; i++) {

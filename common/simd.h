@@ -36,6 +36,10 @@ typedef void (*cm_ukr_fn)(int64_t kc, const float *a, const float *b, float *c, 
 typedef void (*cm_ukr_rows_fn)(int64_t kc, const float *const *a, const float *b, float *c,
                                int64_t ldc, int accumulate);
 
+/* Env STIPPLE_GEMM_PACK_A set: pack A even where an indirection kernel
+ * exists (to benchmark one against the other; same results). */
+int cm_pack_a_forced(void);
+
 typedef struct {
     const char *name; /* "portable", "avx2", "avx512" */
     int mr, nr;
