@@ -609,10 +609,41 @@ void cm_attention(const float *q, const float *k, const float *v, float *o, cons
  * GroupNorm (+ SiLU): statistics per (batch, chunk of GN_CHUNK pixels,
  * group) in double, combined over chunks in order; mean first, then the
  * sum of squared deviations (two passes, like the reference); then one
- * normalise pass y = x * a[c] + s[c] (fused SiLU).
+ * normalise pass y = x * a[c] + s[c] (fused SiLU). Within a chunk the sums
+ * run per channel over the pixels (vectorised along c, no dependency
+ * chain), then over the group's channels in order.
  * ---------------------------------------------------------------------- */
 
 #define GN_CHUNK 64
+
+/* acc[c] = sum over the n pixels of x[i][c] (mu NULL) or of
+ * (x[i][c] - mu[c])^2, in double, pixel order. */
+CM_INLINE void gn_stats_body(const float *x, int64_t n, int C, const double *mu, double *acc)
+{
+    for (int c = 0; c < C; c++) acc[c] = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        const float *xr = x + i * C;
+        if (mu) {
+#pragma omp simd
+            for (int c = 0; c < C; c++) {
+                double d = (double)xr[c] - mu[c];
+                acc[c] += d * d;
+            }
+        } else {
+#pragma omp simd
+            for (int c = 0; c < C; c++) acc[c] += (double)xr[c];
+        }
+    }
+}
+CM_TARGET_AVX2 static void gn_stats_avx2(const float *x, int64_t n, int C, const double *mu,
+                                         double *acc)
+{
+    gn_stats_body(x, n, C, mu, acc);
+}
+static void gn_stats_c(const float *x, int64_t n, int C, const double *mu, double *acc)
+{
+    gn_stats_body(x, n, C, mu, acc);
+}
 
 CM_INLINE void gn_norm_body(const float *x, float *y, int64_t n, int C, const float *a,
                             const float *s, int silu)
@@ -652,12 +683,15 @@ void cm_group_norm(const float *x, float *y, int B, int64_t HW, int C, int group
     int64_t items = (int64_t)B * nch;
     double *part = cm_alloc((size_t)(items * groups + 1) * sizeof(double), "group norm", NULL);
     double *mean = cm_alloc((size_t)B * groups * sizeof(double), "group norm", NULL);
+    /* per-channel mean (pass 1) and per-thread channel sums */
+    double *mu_c = cm_alloc((size_t)B * C * sizeof(double), "group norm", NULL);
     float *ab = cm_alloc((size_t)B * 2 * C * sizeof(float), "group norm", NULL);
     float *gf = vec_f32(gamma, C), *bf = vec_f32(beta, C);
-    CM_ASSERT(part && mean && ab);
+    const int nt = cm_par_threads(8.0 * B * (double)HW * C);
+    double *chs = cm_alloc((size_t)nt * C * sizeof(double), "group norm", NULL);
+    CM_ASSERT(part && mean && ab && mu_c && chs);
     double cnt = (double)HW * cg;
     const int level = cm_isa_level();
-    const int nt = cm_par_threads(8.0 * B * (double)HW * C);
 
     for (int pass = 0; pass < 2; pass++) {
 #pragma omp parallel for schedule(static) num_threads(nt)
@@ -665,31 +699,30 @@ void cm_group_norm(const float *x, float *y, int B, int64_t HW, int C, int group
             int64_t b = it / nch, i0 = (it % nch) * GN_CHUNK;
             int64_t i1 = i0 + GN_CHUNK < HW ? i0 + GN_CHUNK : HW;
             double *pr = part + it * groups;
+            int tid = 0;
+#ifdef _OPENMP
+            tid = omp_get_thread_num();
+#endif
+            double *acc = chs + (size_t)tid * C;
+            const double *mu = pass ? mu_c + b * C : NULL;
+            if (CM_HAVE_AVX2_CLONES && level >= 1)
+                gn_stats_avx2(x + (b * HW + i0) * C, i1 - i0, C, mu, acc);
+            else
+                gn_stats_c(x + (b * HW + i0) * C, i1 - i0, C, mu, acc);
             for (int g = 0; g < groups; g++) {
-                double acc = 0;
-                double mu = pass ? mean[b * groups + g] : 0.0;
-                for (int64_t i = i0; i < i1; i++) {
-                    const float *xr = x + (b * HW + i) * C + g * cg;
-                    double sp = 0;
-                    if (pass == 0)
-                        for (int c = 0; c < cg; c++) sp += xr[c];
-                    else
-                        for (int c = 0; c < cg; c++) {
-                            double d = xr[c] - mu;
-                            sp += d * d;
-                        }
-                    acc += sp;
-                }
-                pr[g] = acc;
+                double sg = 0;
+                for (int c = g * cg; c < (g + 1) * cg; c++) sg += acc[c];
+                pr[g] = sg;
             }
         }
         for (int b = 0; b < B; b++)
             for (int g = 0; g < groups; g++) {
                 double acc = 0;
                 for (int64_t ch = 0; ch < nch; ch++) acc += part[(b * nch + ch) * groups + g];
-                if (pass == 0)
+                if (pass == 0) {
                     mean[b * groups + g] = acc / cnt;
-                else {
+                    for (int c = g * cg; c < (g + 1) * cg; c++) mu_c[b * C + c] = acc / cnt;
+                } else {
                     float rstd = (float)(1.0 / sqrt(acc / cnt + eps));
                     float fm = (float)mean[b * groups + g];
                     for (int c = g * cg; c < (g + 1) * cg; c++) {
@@ -712,6 +745,8 @@ void cm_group_norm(const float *x, float *y, int B, int64_t HW, int C, int group
     }
     cm_free(part);
     cm_free(mean);
+    cm_free(mu_c);
+    cm_free(chs);
     cm_free(ab);
     cm_free(gf);
     cm_free(bf);
