@@ -288,6 +288,8 @@ static cm_status build_schedule(df_sampler *s, const df_schedule *sc, df_spacing
  * Create / free / queries
  * ---------------------------------------------------------------------- */
 
+static float ddim_std(const df_sampler *s, int i, float *dir2);
+
 df_sampler *df_sampler_create(df_sampler_kind kind, const df_schedule *sched, int steps,
                               const df_sampler_opts *opts, int64_t n, cm_error *err)
 {
@@ -358,6 +360,19 @@ df_sampler *df_sampler_create(df_sampler_kind kind, const df_schedule *sched, in
     }
     df_spacing sp = opts->spacing == DF_SPACING_DEFAULT ? sched->spacing : opts->spacing;
     if (build_schedule(s, sched, sp, opts->karras, err) != CM_OK) goto fail;
+    /* eta > 1 can make 1 - a_prev - std^2 negative: the reference's sqrt
+     * then gives NaN latents (a black image after the whole run) */
+    for (int i = 0; kind == DF_SAMPLER_DDIM && s->eta > 0.0f && i < steps; i++) {
+        float dir2;
+        ddim_std(s, i, &dir2);
+        if (!(dir2 >= 0.0f)) {
+            cm_error_set(err, CM_ERR_USAGE,
+                         "ddim: eta %g is too large for %d steps (negative direction variance at step %d, "
+                         "NaN in the reference): use eta <= 1",
+                         (double)s->eta, steps, i);
+            goto fail;
+        }
+    }
     return s;
 
 fail:
@@ -442,18 +457,30 @@ static cm_status draw(df_sampler *s, df_noise_fn fn, void *ctx, int needed, int 
                         df_sampler_name(s->kind), i);
 }
 
+/* DDIM step i's noise std (eta * sqrt(variance)) and the squared
+ * coefficient of the direction term, 1 - a_prev - std^2. */
+static float ddim_std(const df_sampler *s, int i, float *dir2)
+{
+    const int t = s->tint[i];
+    const float a_t = s->ac[t], a_prev = ac_or_final(s, t - s->n_train / s->steps);
+    /* _get_variance: (beta_prev / beta_t) * (1 - a_t / a_prev) */
+    const float var = ((1.0f - a_prev) / (1.0f - a_t)) * (1.0f - a_t / a_prev);
+    const float std = s->eta * sqrtf(var);
+    *dir2 = 1.0f - a_prev - std * std;
+    return std;
+}
+
 static cm_status step_ddim(df_sampler *s, int i, const float *mo, float *x, df_noise_fn fn,
                            void *ctx, cm_error *err)
 {
     const int t = s->tint[i];
     const int prev_t = t - s->n_train / s->steps;
     const float a_t = s->ac[t], a_prev = ac_or_final(s, prev_t);
-    const float beta_t = 1.0f - a_t, beta_prev = 1.0f - a_prev;
+    const float beta_t = 1.0f - a_t;
     const float sa = sqrtf(a_t), sb = sqrtf(beta_t), sa_prev = sqrtf(a_prev);
-    /* _get_variance: (beta_prev / beta_t) * (1 - a_t / a_prev) */
-    const float var = (beta_prev / beta_t) * (1.0f - a_t / a_prev);
-    const float std = s->eta * sqrtf(var);
-    const float dir_c = sqrtf(1.0f - a_prev - std * std);
+    float dir2;
+    const float std = ddim_std(s, i, &dir2);
+    const float dir_c = sqrtf(dir2);
     if (s->eta > 0.0f) {
         /* drawn after the update in the reference; the order of draws is
          * what matters, and there is one draw per step either way */

@@ -470,6 +470,22 @@ START_TEST(sampler_limits)
     ck_assert_int_eq(err.status, CM_ERR_UNSUPPORTED);
     ck_assert_ptr_null(df_sampler_create(DF_SAMPLER_EULER, &sc, 10, &eta, 4, &err));
     ck_assert_ptr_null(df_sampler_create(DF_SAMPLER_DDIM, &sc, 10, &neg, 4, &err));
+    /* eta 2: 1 - a_prev - std^2 < 0, NaN latents in the reference: refused */
+    df_sampler_opts eta2 = {DF_SPACING_DEFAULT, 0, 2.0f};
+    ck_assert_ptr_null(df_sampler_create(DF_SAMPLER_DDIM, &sc, 10, &eta2, 4, &err));
+    ck_assert_int_eq(err.status, CM_ERR_USAGE);
+    ck_assert_ptr_nonnull(strstr(err.msg, "eta"));
+    /* eta 1 is fine at any step count: every DDIM step stays finite */
+    for (int steps = 1; steps <= 60; steps++) {
+        df_sampler *d = df_sampler_create(DF_SAMPLER_DDIM, &sc, steps, &eta, 4, &err);
+        ck_assert_msg(d != NULL, "%d steps: %s", steps, err.msg);
+        float xd[4] = {1, 2, 3, 4}, md[4] = {0.1f, 0.2f, 0.3f, 0.4f};
+        int draws = 0;
+        for (int i = 0; i < steps; i++)
+            ck_assert(df_sampler_step(d, i, md, xd, zero_noise, &draws, &err) == CM_OK);
+        for (int e = 0; e < 4; e++) ck_assert_msg(isfinite(xd[e]), "%d steps: x[%d] = %g", steps, e, xd[e]);
+        df_sampler_free(d);
+    }
     ck_assert_ptr_null(df_sampler_create(DF_SAMPLER_LCM, &sc, 51, NULL, 4, &err));
     ck_assert_ptr_null(df_sampler_create((df_sampler_kind)42, &sc, 10, NULL, 4, &err));
     ck_assert_ptr_null(df_sampler_create(DF_SAMPLER_DDIM, NULL, 10, NULL, 4, &err));
