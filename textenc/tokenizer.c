@@ -1112,7 +1112,8 @@ cm_status te_tokenize_ex(const te_tokenizer *t, const char *text, unsigned flags
         size_t start = 0;
         for (size_t i = 0; i <= raw.n; i++) {
             if (i == raw.n || raw.v[i] == '!') {
-                encode_piece(t, raw.v + start, i - start, &out);
+                /* empty pieces give no ids (and raw.v is NULL for "") */
+                if (i > start) encode_piece(t, raw.v + start, i - start, &out);
                 if (i < raw.n) ib_push(&out, 0);
                 start = i + 1;
             }
