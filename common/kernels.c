@@ -63,6 +63,36 @@ static void cvt_strided(const cm_wview *w, int64_t off, int64_t n, int64_t ss, f
     }
 }
 
+/* Pack rows row0 .. row0+valid-1 of w, each C*T values laid out [ic][t]
+ * (linear: T = 1; conv OIHW: T = KH*KW taps), into one NR-column panel
+ * dst[(t*C + ic)*nr + jj], zero columns past valid. Works through blocks
+ * of input channels: the block's rows are converted contiguously into a
+ * small buffer, then each panel row (nr floats, one cache line or two) is
+ * written whole. Writing one column at a time instead strides through the
+ * whole panel nr times (9*C*nr floats: more than L2 for 1280 channels). */
+#define PK_BUF 4608
+static int pack_panel(const cm_wview *w, int64_t row0, int valid, int nr, int64_t C, int T,
+                      float *dst)
+{
+    float tmp[PK_BUF];
+    int64_t icb = PK_BUF / ((int64_t)nr * T);
+    if (icb < 1) return 0;
+    for (int64_t ic0 = 0; ic0 < C; ic0 += icb) {
+        int64_t nb = C - ic0 < icb ? C - ic0 : icb;
+        for (int jj = 0; jj < valid; jj++)
+            cvt_strided(w, ((row0 + jj) * C + ic0) * T, nb * T, 1, tmp + jj * icb * T, 1);
+        for (int t = 0; t < T; t++)
+            for (int64_t i = 0; i < nb; i++) {
+                float *d = dst + ((int64_t)t * C + ic0 + i) * nr;
+                const float *src = tmp + i * T + t;
+                int jj = 0;
+                for (; jj < valid; jj++) d[jj] = src[jj * icb * T];
+                for (; jj < nr; jj++) d[jj] = 0.0f;
+            }
+    }
+    return 1;
+}
+
 /* A (small) weight vector as a fresh float32 buffer; NULL for NULL. */
 static float *vec_f32(const cm_wview *w, int64_t n)
 {
@@ -90,6 +120,7 @@ static const float *lin_rrow(const cm_gemm_job *j, int64_t m) { return j->res + 
 static void lin_packb(const cm_gemm_job *j, int64_t p, int nr, int valid, float *dst)
 {
     int64_t K = j->C;
+    if (pack_panel(j->w, p * nr, valid, nr, K, 1, dst)) return;
     for (int jj = 0; jj < nr; jj++) {
         if (jj < valid)
             cvt_strided(j->w, (p * nr + jj) * K, K, 1, dst + jj, nr);
@@ -130,6 +161,7 @@ void cm_linear(const float *x, int64_t ldx, int64_t M, int64_t K, const cm_wview
 static void geglu_packb(const cm_gemm_job *j, int64_t p, int nr, int valid, float *dst)
 {
     int64_t K = j->C, row0 = (p & 1 ? j->N : 0) + (p >> 1) * nr;
+    if (pack_panel(j->w, row0, valid, nr, K, 1, dst)) return;
     for (int jj = 0; jj < nr; jj++) {
         if (jj < valid)
             cvt_strided(j->w, (row0 + jj) * K, K, 1, dst + jj, nr);
@@ -226,6 +258,7 @@ static const float *conv_rrow(const cm_gemm_job *j, int64_t m) { return j->res +
 static void conv_packb(const cm_gemm_job *j, int64_t p, int nr, int valid, float *dst)
 {
     int64_t C = j->C, T = j->ntap;
+    if (pack_panel(j->w, p * nr, valid, nr, C, (int)T, dst)) return;
     for (int jj = 0; jj < nr; jj++) {
         if (jj >= valid) {
             for (int64_t k = 0; k < T * C; k++) dst[k * nr + jj] = 0.0f;
@@ -309,22 +342,29 @@ static float *up_yrow(const cm_gemm_job *j, int64_t m)
 static void up_packb(const cm_gemm_job *j, int64_t p, int nr, int valid, float *dst)
 {
     int64_t C = j->C;
-    for (int jj = 0; jj < nr; jj++) {
-        if (jj >= valid) {
-            for (int64_t k = 0; k < 4 * C; k++) dst[k * nr + jj] = 0.0f;
-            continue;
-        }
-        int64_t oc = p * nr + jj;
-        for (int64_t ic = 0; ic < C; ic++) {
-            float w9[9];
-            cvt_strided(j->w, (oc * C + ic) * 9, 9, 1, w9, 1);
-            for (int t = 0; t < 4; t++) {
-                int a = t >> 1, bb = t & 1;
-                float s = 0.0f;
-                for (int ky = up_k0[j->up_py][a]; ky <= up_k1[j->up_py][a]; ky++)
-                    for (int kx = up_k0[j->up_px][bb]; kx <= up_k1[j->up_px][bb]; kx++)
-                        s += w9[ky * 3 + kx];
-                dst[(t * C + ic) * nr + jj] = s;
+    /* Blocked like pack_panel: convert a block of input channels of the nr
+     * output channels, then write whole panel rows. Same sums, same order. */
+    float tmp[PK_BUF];
+    int64_t icb = PK_BUF / ((int64_t)nr * 9);
+    for (int64_t ic0 = 0; ic0 < C; ic0 += icb) {
+        int64_t nb = C - ic0 < icb ? C - ic0 : icb;
+        for (int jj = 0; jj < valid; jj++)
+            cvt_strided(j->w, ((p * nr + jj) * C + ic0) * 9, nb * 9, 1, tmp + jj * icb * 9, 1);
+        for (int t = 0; t < 4; t++) {
+            int a = t >> 1, bb = t & 1;
+            int y0 = up_k0[j->up_py][a], y1 = up_k1[j->up_py][a];
+            int x0 = up_k0[j->up_px][bb], x1 = up_k1[j->up_px][bb];
+            for (int64_t i = 0; i < nb; i++) {
+                float *d = dst + (t * C + ic0 + i) * nr;
+                int jj = 0;
+                for (; jj < valid; jj++) {
+                    const float *w9 = tmp + (jj * icb + i) * 9;
+                    float sum = 0.0f;
+                    for (int ky = y0; ky <= y1; ky++)
+                        for (int kx = x0; kx <= x1; kx++) sum += w9[ky * 3 + kx];
+                    d[jj] = sum;
+                }
+                for (; jj < nr; jj++) d[jj] = 0.0f;
             }
         }
     }
