@@ -337,7 +337,7 @@ float cm_act_scalar(float x, cm_act act);
 void cm_geglu(const float *x, float *y, int64_t M, int64_t N);
 
 /* Packed-weight cache: the GEMM engine keeps the packed float32 panels of
- * weights used at small M (<= 512 rows: small latents, the text encoder)
+ * weights used at small M (<= 256 rows: small latents, the text encoder)
  * so the next call of the same layer (the next sampling step) skips
  * packing. Keyed by the weight view (data pointer, dtype, shape) and kernel
  * variant; each hit is checked against a fingerprint of the contents.

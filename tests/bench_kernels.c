@@ -388,5 +388,10 @@ int main(int argc, char **argv)
     bench_attention("attn_cross", B, 8, 4096, 77, 40);
     bench_attention("attn_self", B, 8, 1024, 1024, 80);
     bench_group_norm(B, 4096, 320);
+    size_t pc_bytes;
+    long pc_hits, pc_misses;
+    cm_pack_cache_stats(&pc_bytes, &pc_hits, &pc_misses);
+    printf("# packed-weight cache: %.1f MiB resident, %ld hits, %ld misses\n",
+           (double)pc_bytes / (1 << 20), pc_hits, pc_misses);
     return g_fail ? 1 : 0;
 }
