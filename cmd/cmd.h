@@ -11,6 +11,10 @@ enum { EXIT_OK = 0, EXIT_RUNTIME = 1, EXIT_USAGE = 2, EXIT_SIGINT = 130, EXIT_SI
  * matches the status. */
 int cmd_fail(const cm_error *err);
 int cmd_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The last error line printed by cmd_fail / cmd_usage_error (without the
+ * "stipple: error: " prefix): the jobs mode reports it per job. */
+#define CMD_LAST_ERROR_CAP 1024
+extern char cmd_last_error[CMD_LAST_ERROR_CAP];
 
 /* Subcommands: argc/argv start at the subcommand name. */
 int cmd_info(int argc, char **argv);

@@ -2,7 +2,7 @@
  * options, validation, seeds, the input image and mask, the batch loop,
  * PNG output with A1111 metadata (Denoising strength, Mask blur, Inpaint
  * method), signals. The pipeline itself is pipeline.c. */
-#include "pipeline.h"
+#include "batch.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -71,7 +71,20 @@ static const char *usage_txt2img =
     "                          (default stipple-{seed}.png); never overwrites without\n"
     "      --overwrite         replace existing files\n"
     "      --threads N         worker threads (default: all cores); results do not depend on it\n"
-    "      --json              print one JSON object per image on stdout\n"
+    "      --json              print one JSON object per image on stdout (as stipple jobs)\n"
+    "      --from-file FILE    txt2img: one job per line: a prompt, or A1111's \"prompts from\n"
+    "                          file\" options (--prompt \"...\" --negative_prompt \"...\" --steps 20\n"
+    "                          --seed 5 --cfg_scale 7 --sampler_name \"Euler a\" --width --height\n"
+    "                          --n_iter --batch_size --sd_model); a line without --seed uses\n"
+    "                          seed + the index of its first image\n"
+    "      --from-png IMAGE    take prompt and settings from a PNG by stipple, AUTOMATIC1111,\n"
+    "                          ComfyUI (KSampler graph) or stable-diffusion.cpp; later\n"
+    "                          options override them\n"
+    "      --shard K/N         make only the images whose index is K mod N (default from\n"
+    "                          SLURM_ARRAY_TASK_ID/COUNT, or JOB_COMPLETION_INDEX with\n"
+    "                          --shard-count N); seeds follow the index: the N shards make\n"
+    "                          the files of one unsharded run (needs a fixed --seed)\n"
+    "      --skip-existing     skip images whose output file exists (resume a run)\n"
     "      --quiet             no progress on stderr\n"
     "      --init-noise FILE   float32 .npy (B,C,h,w) used instead of the seeded noise\n"
     "      --save-latents DIR  write DIR/step_NNN.npy after every step and DIR/final.npy\n"
@@ -142,20 +155,6 @@ static int parse_seed(const char *s, uint64_t *seed, int *random)
     return 0;
 }
 
-/* ------------------------------------------------------------------- JSON */
-
-static void json_str(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
-        if (*p == '"' || *p == '\\') fprintf(f, "\\%c", *p);
-        else if (*p == '\n') fputs("\\n", f);
-        else if (*p < 0x20) fprintf(f, "\\u%04x", *p);
-        else fputc(*p, f);
-    }
-    fputc('"', f);
-}
-
 /* ------------------------------------------------------------ input image */
 
 /* The output must never replace the input image or the mask. */
@@ -191,6 +190,8 @@ static int size_from_image(const gen_opts *o, const cm_image *img, int mult, int
 int cmd_generate(int argc, char **argv)
 {
     const char *cmdname = argv[0];
+    /* batch options, --from-file, --from-png, sharding: batch.c */
+    if (!cmd_batch.active) return cmd_batch_main(argc, argv);
     cmd_mode mode;
     const char *head;
     if (!strcmp(cmdname, "txt2img")) mode = CMD_TXT2IMG, head = usage_head_txt2img;
@@ -309,6 +310,12 @@ int cmd_generate(int argc, char **argv)
     int total = o.batch_count * o.batch_size;
     if (total > 1 && !cmd_template_has_fields(o.output))
         return cmd_usage_error("-o %s: %d images need a template with {n} or {seed} in the name", o.output, total);
+    cmd_batch.job_images = total;
+    {
+        int any = 0; /* none of this job's images in this shard: nothing to load */
+        for (int i = 0; i < total && !any; i++) any = cmd_batch_mine(cmd_batch.next_index + i);
+        if (!any) return EXIT_OK;
+    }
 
     /* The input image and mask, read (and their sizes checked) before the
      * model is loaded or anything large is allocated. */
@@ -359,7 +366,7 @@ int cmd_generate(int argc, char **argv)
         goto out;
     }
     install_signals();
-    if (cmd_models_load(&cm, model, &err)) {
+    if (cmd_models_get(&cm, model, NULL, &err)) {
         rc = cm_interrupted ? interrupted_exit() : cmd_fail(&err);
         goto out;
     }
@@ -410,10 +417,12 @@ int cmd_generate(int argc, char **argv)
     }
 
     for (int i = 0; i < total; i++) {
+        long long g = cmd_batch.next_index + i; /* global index: sharding, {index} */
+        if (!cmd_batch_mine(g)) continue;
         job.seed = seed + (uint64_t)i;
         job.noise_row = noise.ndim == 4 && i < noise.shape[0] ? i : 0;
         cmd_image_info ii = {.prompt = job.prompt, .negative = job.negative, .seed = job.seed,
-                             .n = i, .index = i, .steps = job.steps, .cfg = job.cfg,
+                             .n = i, .index = (int)g, .steps = job.steps, .cfg = job.cfg,
                              .sampler = df_sampler_name(job.sampler),
                              .sampler_label = df_sampler_a1111_name(job.sampler),
                              .schedule_label = job.karras ? "Karras" : NULL,
@@ -430,6 +439,11 @@ int cmd_generate(int argc, char **argv)
                          path, same_file(path, o.image) ? "image" : "mask");
             rc = cmd_fail(&err);
             break;
+        }
+        if (cmd_batch.skip_existing && access(path, F_OK) == 0) {
+            if (o.json) cmd_batch_skipped_json(g, path, job.seed);
+            cm_info("%s: exists, skipped (--skip-existing)", path);
+            continue;
         }
         if (!o.overwrite && access(path, F_OK) == 0) {
             cm_error_set(&err, CM_ERR_IO, "%s: already exists (use --overwrite to replace it)", path);
@@ -457,13 +471,7 @@ int cmd_generate(int argc, char **argv)
             break;
         }
         if (o.json) {
-            printf("{\"index\": %d, \"output\": ", i);
-            json_str(stdout, path);
-            printf(", \"seed\": %llu, \"width\": %d, \"height\": %d, \"time\": {\"load\": %.3f, \"encode\": %.3f, \"sample\": %.3f, \"decode\": %.3f}, \"parameters\": ",
-                   (unsigned long long)job.seed, job.width, job.height, i == 0 ? cm.load_seconds : 0.0,
-                   res.t_encode, res.t_sample, res.t_decode);
-            json_str(stdout, params);
-            printf("}\n");
+            cmd_batch_result_json(g, path, job.seed, job.width, job.height, &res, params);
         } else {
             printf("%s\n", path);
         }
@@ -477,7 +485,7 @@ int cmd_generate(int argc, char **argv)
 out:
     cmd_cond_cache_release(&cache);
     cmd_init_release(&ini);
-    if (loaded) cmd_models_free(&cm);
+    if (loaded) cmd_models_put(&cm);
     cm_tensor_release(&noise);
     cm_image_release(&image);
     cm_image_release(&mask);

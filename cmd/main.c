@@ -25,8 +25,11 @@ static const char *usage_text =
     "Run `stipple <command> --help` for the options of a command.\n"
     "Exit status: 0 success, 1 runtime failure, 2 usage error, 130 interrupted.\n";
 
+char cmd_last_error[CMD_LAST_ERROR_CAP];
+
 int cmd_fail(const cm_error *err)
 {
+    snprintf(cmd_last_error, sizeof cmd_last_error, "%s", err->msg[0] ? err->msg : cm_status_str(err->status));
     fprintf(stderr, "stipple: error: %s\n", err->msg[0] ? err->msg : cm_status_str(err->status));
     switch (err->status) {
     case CM_OK: return EXIT_OK;
@@ -45,6 +48,7 @@ int cmd_usage_error(const char *fmt, ...)
     va_end(ap);
     for (char *p = buf; *p; p++)
         if (*p == '\n') *p = ' ';
+    snprintf(cmd_last_error, sizeof cmd_last_error, "%s", buf);
     fprintf(stderr, "stipple: error: %s\n", buf);
     return EXIT_USAGE;
 }
