@@ -1,5 +1,6 @@
 /* testutil.c — see testutil.h. */
 #include "testutil.h"
+#include "weights_internal.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -225,4 +226,14 @@ const char *tu_st_edit(const char *src, const char *name, void (*fn)(cJSON *hdr,
     cJSON_Delete(hdr);
     cm_free(data);
     return path;
+}
+
+void tu_sha256_hex(const void *data, size_t n, char hex[65])
+{
+    wt_sha256 s;
+    unsigned char d[32];
+    wt_sha256_init(&s);
+    wt_sha256_update(&s, data, n);
+    wt_sha256_final(&s, d);
+    for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", d[i]);
 }

@@ -47,4 +47,7 @@ const char *tu_st_write(const char *name, const char *hdr, uint64_t hlen, const 
 const char *tu_st_patch(const char *src, const char *name, const char *from, const char *to);
 const char *tu_st_edit(const char *src, const char *name, void (*fn)(cJSON *hdr, void *arg), void *arg);
 
+/* SHA-256 of n bytes as 64 hex digits + NUL (weights/sha256.c). */
+void tu_sha256_hex(const void *data, size_t n, char hex[65]);
+
 #endif
