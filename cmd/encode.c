@@ -30,6 +30,9 @@ static const char *encode_usage =
     "                       (SDXL: 768+1280 = CLIP-L and bigG penultimate states concatenated;\n"
     "                       an empty negative prompt gives zeros). SDXL also writes the pooled\n"
     "                       embeddings (2, P), rows [uncond, cond], to FILE.pooled.npy\n"
+    "  SD3: --clip-l FILE --clip-g FILE --t5xxl FILE  separate text encoder files;\n"
+    "       --no-t5, --t5-max-length N (default 256); C = 4096-wide context\n"
+    "       (1, 77 + N rows), pooled (2, 2048) to FILE.pooled.npy\n"
     "      --threads N      worker threads (default: all cores)\n"
     "      --quiet          no messages on stderr except errors\n";
 
@@ -58,8 +61,18 @@ static cm_status stack2(const cm_tensor *u, const cm_tensor *c, cm_tensor *out, 
 int cmd_encode(int argc, char **argv)
 {
     const char *model = NULL, *prompt = NULL, *negative = "", *output = NULL;
-    int clip_skip = 0, threads = 0, quiet = 0;
+    int clip_skip = 0, threads = 0, quiet = 0, no_t5 = 0, t5_len = 0;
+    const char *te_files[3] = {NULL, NULL, NULL};
+    static const char *const te_flags[3] = {"--clip-l", "--clip-g", "--t5xxl"};
+    static const char *const te_prefixes[3] = {"text_encoders.clip_l.transformer.",
+                                               "text_encoders.clip_g.transformer.",
+                                               "text_encoders.t5xxl.transformer."};
     const cmd_opt opts[] = {
+        {"clip-l", 0, OPT_STR, &te_files[0], 0, 0, NULL},
+        {"clip-g", 0, OPT_STR, &te_files[1], 0, 0, NULL},
+        {"t5xxl", 0, OPT_STR, &te_files[2], 0, 0, NULL},
+        {"no-t5", 0, OPT_FLAG, &no_t5, 0, 0, NULL},
+        {"t5-max-length", 0, OPT_INT, &t5_len, 1, 4096, NULL},
         {"model", 'm', OPT_STR, &model, 0, 0, NULL},
         {"prompt", 'p', OPT_STR, &prompt, 0, 0, NULL},
         {"negative", 'n', OPT_STR, &negative, 0, 0, NULL},
@@ -89,8 +102,23 @@ int cmd_encode(int argc, char **argv)
 
     m = wt_model_open(model, &err);
     if (!m) goto fail;
+    for (int k = 0; k < 3; k++) {
+        if (!te_files[k]) continue;
+        if (wt_model_family(m) != WT_FAMILY_SD3) {
+            cm_error_set(&err, CM_ERR_USAGE, "%s %s: separate text encoder files are for SD3 models", te_flags[k],
+                         te_files[k]);
+            goto fail;
+        }
+        if (wt_model_add_file(m, te_files[k], te_prefixes[k], &err)) {
+            cm_error_prefix(&err, "%s", te_flags[k]);
+            goto fail;
+        }
+    }
     e = te_encoder_create(m, &err);
     if (!e) goto fail;
+    if ((no_t5 || t5_len || wt_model_family(m) == WT_FAMILY_SD3) &&
+        te_encoder_set_t5(e, !no_t5, t5_len ? t5_len : 256, &err))
+        goto fail;
     if (te_encode_pair(e, prompt, negative, clip_skip, &cond, &uncond, &err) != CM_OK) goto fail;
     if (stack2(&uncond.context, &cond.context, &ctx, &err) != CM_OK) goto fail;
     if (cm_npy_write(output, &ctx, &err) != CM_OK) goto fail;

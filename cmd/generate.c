@@ -54,9 +54,11 @@ static const char *usage_txt2img =
     "                          sizes that are not multiples are refused, not rounded\n"
     "      --steps N           sampling steps (default 20)\n"
     "      --cfg S             classifier-free guidance scale (default 7.5; <= 1: no guidance)\n"
-    "      --sampler NAME      ddim | euler | euler_a | dpmpp_2m | lcm (default dpmpp_2m)\n"
-    "      --schedule NAME     leading | trailing | linspace | karras\n"
-    "                          (default: karras for dpmpp_2m, the model's spacing otherwise)\n"
+    "      --sampler NAME      ddim | euler | euler_a | dpmpp_2m | lcm (default dpmpp_2m);\n"
+    "                          flow_euler for SD3 (its default and only sampler)\n"
+    "      --schedule NAME     leading | trailing | linspace | karras (default: karras for\n"
+    "                          dpmpp_2m, the model's spacing otherwise; a scheduler config\n"
+    "                          saying \"trailing\" (Turbo) is followed, with its sampler)\n"
     "      --eta E             DDIM eta (default 0)\n"
     "      --prediction eps|v  override the model's prediction type\n"
     "      --seed N            0 .. 2^64-1, or -1 for a random seed (default -1)\n"
@@ -92,14 +94,31 @@ static const char *usage_txt2img =
     "      --max-memory SIZE   memory the job may use (e.g. 6G; default: what the machine\n"
     "                          has free); over it the VAE decodes in tiles or the job is\n"
     "                          refused with the estimate, before anything is computed\n"
+    "SDXL:\n"
+    "      --original-size WxH original_size of the micro-conditioning (default: the size)\n"
+    "      --crop TOPxLEFT     crops_coords_top_left, also T,L (default 0x0)\n"
+    "      --target-size WxH   target_size (default: the size)\n"
+    "SD3 (family sd3; MMDiT, flow matching, default sampler flow_euler):\n"
+    "      --clip-l FILE       CLIP-L text encoder file (when not inside the checkpoint)\n"
+    "      --clip-g FILE       OpenCLIP bigG text encoder file\n"
+    "      --t5xxl FILE        T5-XXL text encoder file (optional: without it, zeros)\n"
+    "      --no-t5             do not run T5 (its context rows are zeros, as the reference)\n"
+    "      --t5-max-length N   T5 tokens (default 256)\n"
     "  An inpainting (9-channel) checkpoint works in txt2img and img2img with a full\n"
-    "  mask and a blank masked image, as A1111 does.\n";
+    "  mask and a blank masked image, as A1111 does.\n"
+    "  Turbo checkpoints (SD-Turbo, SDXL-Turbo) want --steps 1..4 --cfg 1\n"
+    "  --sampler euler_a --schedule trailing (a diffusers folder's scheduler config\n"
+    "  says so and is followed by default; a single file cannot tell);\n"
+    "  LCM-distilled models: --sampler lcm --steps 4..8 --cfg 1.\n";
 
 typedef struct {
     const char *prompt, *negative, *model, *output, *sampler, *schedule, *prediction, *rng;
     const char *seed, *init_noise, *save_latents, *precision;
     const char *image, *mask, *encode_mode;
     const char *max_memory; /* memory pre-flight (preflight.c) */
+    const char *clip_l, *clip_g, *t5xxl;            /* SD3 text encoder files */
+    const char *original_size, *crop, *target_size; /* SDXL micro-conditioning */
+    int no_t5, t5_max_length;
     int width, height, steps, batch_count, batch_size, clip_skip, threads;
     int overwrite, json, quiet, mask_blur;
     float cfg, eta, strength;
@@ -185,6 +204,64 @@ static int size_from_image(const gen_opts *o, const cm_image *img, int mult, int
     return 0;
 }
 
+/* ------------------------------------------------------- model defaults */
+
+/* "WxH" or "W,H" (also "TOPxLEFT" / "T,L" for --crop) -> *a, *b in
+ * [lo, 65536]. 0 ok, -1 bad. */
+static int parse_pair(const char *s, int lo, int *a, int *b)
+{
+    char *end;
+    errno = 0;
+    if (!s || *s < '0' || *s > '9') return -1;
+    long x = strtol(s, &end, 10);
+    if (errno || (*end != 'x' && *end != 'X' && *end != ',') || end[1] < '0' || end[1] > '9') return -1;
+    long y = strtol(end + 1, &end, 10);
+    if (errno || *end || x < lo || y < lo || x > 65536 || y > 65536) return -1;
+    *a = (int)x;
+    *b = (int)y;
+    return 0;
+}
+
+/* What the loaded model decides when the user did not: SD3 samples with
+ * flow_euler only (other samplers refused; flow_euler refused for a
+ * UNet); a Turbo-style scheduler config (timestep_spacing "trailing")
+ * gives its spacing and, when it names one we know, its sampler. SDXL
+ * micro-conditioning flags are refused for other models. */
+static int apply_model_defaults(const gen_opts *o, const cmd_models *cm, cmd_job *job)
+{
+    if (cmd_models_is_flow(cm)) {
+        if (o->sampler && job->sampler != DF_SAMPLER_FLOW_EULER)
+            return cmd_usage_error("--sampler %s: %s is an SD3 (MMDiT) model: it samples with flow_euler only",
+                                   o->sampler, wt_model_stem(cm->m));
+        if (o->schedule)
+            return cmd_usage_error("--schedule %s: does not apply to flow_euler (SD3's shifted sigmas come from the model's scheduler config)",
+                                   o->schedule);
+        job->sampler = DF_SAMPLER_FLOW_EULER;
+        job->karras = 0;
+        job->spacing = DF_SPACING_DEFAULT;
+    } else {
+        if (job->sampler == DF_SAMPLER_FLOW_EULER)
+            return cmd_usage_error("--sampler flow_euler: only for SD3 (MMDiT) models; %s is %s (a UNet model)",
+                                   wt_model_stem(cm->m), wt_family_name(wt_model_family(cm->m)));
+        if (cm->trailing) {
+            if (!o->sampler && cm->has_sampler) job->sampler = cm->sampler;
+            if (!o->schedule) {
+                job->karras = 0;
+                job->spacing = DF_SPACING_TRAILING;
+            }
+            if (!o->sampler || !o->schedule)
+                cm_info("%s: the scheduler config says timestep_spacing \"trailing\" (Turbo): sampler %s, spacing trailing",
+                        wt_model_stem(cm->m), df_sampler_name(job->sampler));
+        }
+    }
+    int sdxl = cm->unet && df_unet_n_time_ids(cm->unet) >= 6;
+    if (!sdxl && (o->original_size || o->crop || o->target_size))
+        return cmd_usage_error("%s: only for SDXL models (%s is %s)",
+                               o->original_size ? "--original-size" : o->crop ? "--crop" : "--target-size",
+                               wt_model_stem(cm->m), wt_family_name(wt_model_family(cm->m)));
+    return 0;
+}
+
 /* ------------------------------------------------------------------- main */
 
 int cmd_generate(int argc, char **argv)
@@ -227,6 +304,14 @@ int cmd_generate(int argc, char **argv)
         {"save-latents", 0, OPT_STR, &o.save_latents, 0, 0, NULL},
         {"precision", 0, OPT_STR, &o.precision, 0, 0, NULL},
         {"max-memory", 0, OPT_STR, &o.max_memory, 0, 0, NULL},
+        {"clip-l", 0, OPT_STR, &o.clip_l, 0, 0, NULL},
+        {"clip-g", 0, OPT_STR, &o.clip_g, 0, 0, NULL},
+        {"t5xxl", 0, OPT_STR, &o.t5xxl, 0, 0, NULL},
+        {"no-t5", 0, OPT_FLAG, &o.no_t5, 0, 0, NULL},
+        {"t5-max-length", 0, OPT_INT, &o.t5_max_length, 1, 4096, NULL},
+        {"original-size", 0, OPT_STR, &o.original_size, 0, 0, NULL},
+        {"crop", 0, OPT_STR, &o.crop, 0, 0, NULL},
+        {"target-size", 0, OPT_STR, &o.target_size, 0, 0, NULL},
     };
     const cmd_opt image_opts[] = {
         {"image", 'i', OPT_STR, &o.image, 0, 0, &o.image_seen},
@@ -291,6 +376,12 @@ int cmd_generate(int argc, char **argv)
             return cmd_usage_error("--prediction: expected eps or v, got \"%s\"", o.prediction);
         job.prediction = (int)p;
     }
+    if (o.original_size && parse_pair(o.original_size, 1, &job.orig_w, &job.orig_h))
+        return cmd_usage_error("--original-size: expected WxH (e.g. 1024x1024), got \"%s\"", o.original_size);
+    if (o.target_size && parse_pair(o.target_size, 1, &job.target_w, &job.target_h))
+        return cmd_usage_error("--target-size: expected WxH (e.g. 1024x1024), got \"%s\"", o.target_size);
+    if (o.crop && parse_pair(o.crop, 0, &job.crop_top, &job.crop_left))
+        return cmd_usage_error("--crop: expected TOPxLEFT or T,L (e.g. 0x0), got \"%s\"", o.crop);
     if (!strcmp(o.rng, "cpu")) job.rng = RNG_CPU;
     else if (!strcmp(o.rng, "cuda")) job.rng = RNG_CUDA;
     else return cmd_usage_error("--rng: expected cpu or cuda, got \"%s\"", o.rng);
@@ -366,11 +457,14 @@ int cmd_generate(int argc, char **argv)
         goto out;
     }
     install_signals();
-    if (cmd_models_get(&cm, model, NULL, &err)) {
+    cmd_model_opts mo = {.clip_l = o.clip_l, .clip_g = o.clip_g, .t5xxl = o.t5xxl,
+                         .no_t5 = o.no_t5, .t5_max_length = o.t5_max_length};
+    if (cmd_models_get(&cm, model, &mo, &err)) {
         rc = cm_interrupted ? interrupted_exit() : cmd_fail(&err);
         goto out;
     }
     loaded = 1;
+    if ((rc = apply_model_defaults(&o, &cm, &job))) goto out;
     if (mode == CMD_TXT2IMG) {
         job.width = o.w_seen ? o.width : cm.native_size;
         job.height = o.h_seen ? o.height : cm.native_size;
@@ -409,6 +503,17 @@ int cmd_generate(int argc, char **argv)
         if (mode == CMD_INPAINT)
             snprintf(extra + strlen(extra), sizeof extra - strlen(extra), ", Mask blur: %d", o.mask_blur);
     }
+    /* SDXL micro-conditioning that differs from the default (A1111 stores
+     * none of it; only non-default values are recorded). */
+    if ((job.orig_w && (job.orig_w != job.width || job.orig_h != job.height)))
+        snprintf(extra + strlen(extra), sizeof extra - strlen(extra), "%sOriginal size: %dx%d",
+                 extra[0] ? ", " : "", job.orig_w, job.orig_h);
+    if (job.crop_top || job.crop_left)
+        snprintf(extra + strlen(extra), sizeof extra - strlen(extra), "%sCrop: %dx%d",
+                 extra[0] ? ", " : "", job.crop_top, job.crop_left);
+    if ((job.target_w && (job.target_w != job.width || job.target_h != job.height)))
+        snprintf(extra + strlen(extra), sizeof extra - strlen(extra), "%sTarget size: %dx%d",
+                 extra[0] ? ", " : "", job.target_w, job.target_h);
     const char *method = cmd_inpaint_method(&cm, mode);
     if (method) {
         cm_info("%s: inpaint method: %s", cmdname, method);

@@ -19,6 +19,8 @@ static const char *info_usage =
     "\n"
     "options:\n"
     "  --json      one JSON object on stdout\n"
+    "  --clip-l FILE, --clip-g FILE, --t5xxl FILE\n"
+    "              SD3: separate text encoder files, described with the model\n"
     "  -h, --help  this help\n";
 
 /* Weak fallback until the built-in model exists: none. */
@@ -54,7 +56,7 @@ static void print_text(const cJSON *desc, const char *hash)
     printf("model hash:   %s\n", hash);
     const cJSON *comps = cJSON_GetObjectItemCaseSensitive(desc, "components");
     for (const cJSON *c = comps ? comps->child : NULL; c; c = c->next) {
-        printf("%-14s", c->string);
+        printf("%-14s%s", c->string, strlen(c->string) >= 14 ? " " : "");
         if (!strncmp(c->string, "text_encoder", 12))
             printf("hidden %d, %d layers, %d heads, %s; ", wt_cfg_int(c, "hidden_size", 0),
                    wt_cfg_int(c, "layers", 0), wt_cfg_int(c, "heads", 0), wt_cfg_str(c, "hidden_act", "?"));
@@ -77,8 +79,16 @@ static void print_text(const cJSON *desc, const char *hash)
 int cmd_info(int argc, char **argv)
 {
     int json = 0;
+    const char *te_files[3] = {NULL, NULL, NULL};
+    static const char *const te_flags[3] = {"--clip-l", "--clip-g", "--t5xxl"};
+    static const char *const te_prefixes[3] = {"text_encoders.clip_l.transformer.",
+                                               "text_encoders.clip_g.transformer.",
+                                               "text_encoders.t5xxl.transformer."};
     const cmd_opt opts[] = {
         {"json", 0, OPT_FLAG, &json, 0, 0, NULL},
+        {"clip-l", 0, OPT_STR, &te_files[0], 0, 0, NULL},
+        {"clip-g", 0, OPT_STR, &te_files[1], 0, 0, NULL},
+        {"t5xxl", 0, OPT_STR, &te_files[2], 0, 0, NULL},
         {NULL, 0, OPT_FLAG, NULL, 0, 0, NULL},
     };
     char *pos[2] = {NULL, NULL};
@@ -92,6 +102,20 @@ int cmd_info(int argc, char **argv)
     cm_error err = {0};
     wt_model *m = wt_model_open(path, &err);
     if (!m) return cmd_fail(&err);
+    for (int k = 0; k < 3; k++) {
+        if (!te_files[k]) continue;
+        if (wt_model_family(m) != WT_FAMILY_SD3) {
+            cm_error_set(&err, CM_ERR_USAGE, "%s %s: separate text encoder files are for SD3 models; %s is %s",
+                         te_flags[k], te_files[k], path, wt_family_name(wt_model_family(m)));
+            wt_model_close(m);
+            return cmd_fail(&err);
+        }
+        if (wt_model_add_file(m, te_files[k], te_prefixes[k], &err)) {
+            cm_error_prefix(&err, "%s", te_flags[k]);
+            wt_model_close(m);
+            return cmd_fail(&err);
+        }
+    }
     cJSON *desc = wt_model_describe(m, &err);
     if (!desc) {
         wt_model_close(m);

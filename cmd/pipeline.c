@@ -4,7 +4,9 @@
  *   seed -> RNG -> noise latent (1, C, h, w)  (or --init-noise)
  *   img2img / inpaint: image -> VAE encoder moments -> image latents
  *                      x = add_noise(image latents, noise, start step)
- *   sampler loop: x_in = scale(x); out = UNet([x_in, x_in], t, context);
+ *   sampler loop: x_in = scale(x); out = denoiser([x_in, x_in], t, context);
+ *                 (denoiser: the UNet, or the MMDiT of SD3 with the pooled
+ *                  text embedding, flow-matching Euler, 16 latent channels)
  *                 guided = uncond + cfg * (cond - uncond); x = step(x, guided)
  *                 (4-channel inpaint: known region put back after each step;
  *                  9-channel UNet: input [x_in, mask, masked-image latents])
@@ -12,7 +14,8 @@
  *   onto the input with the mask, so kept pixels are the input's bytes)
  *
  * mirrors diffusers 0.30.3 StableDiffusionPipeline / StableDiffusionXLPipeline
- * / StableDiffusionImg2ImgPipeline / StableDiffusionInpaintPipeline __call__.
+ * / StableDiffusionImg2ImgPipeline / StableDiffusionInpaintPipeline /
+ * StableDiffusion3Pipeline (+ its Img2Img variant) __call__.
  * The CPU generator (one torch.Generator seeded with the seed) draws, in the
  * reference's order:
  *   txt2img                       noise
@@ -38,16 +41,79 @@
 
 cm_status cmd_models_load(cmd_models *cm, const char *path, cm_error *err)
 {
+    return cmd_models_load_ex(cm, path, NULL, err);
+}
+
+/* The Turbo convenience: a scheduler config with timestep_spacing
+ * "trailing" (SD-Turbo / SDXL-Turbo ship EulerAncestralDiscreteScheduler
+ * with it) is what the program follows by default. */
+static void scheduler_defaults(cmd_models *cm)
+{
+    const cJSON *sc = wt_model_section(cm->m, "scheduler");
+    const char *sp = wt_cfg_str(sc, "timestep_spacing", NULL);
+    cm->trailing = sp && !strcmp(sp, "trailing");
+    const char *cls = wt_cfg_str(sc, "_class_name", NULL);
+    cm_error e = {0};
+    if (cm->trailing && cls && df_sampler_parse(cls, &cm->sampler, &e) == CM_OK &&
+        cm->sampler != DF_SAMPLER_FLOW_EULER)
+        cm->has_sampler = 1;
+}
+
+cm_status cmd_models_load_ex(cmd_models *cm, const char *path, const cmd_model_opts *o,
+                             cm_error *err)
+{
+    static const cmd_model_opts none = {0};
+    if (!o) o = &none;
     memset(cm, 0, sizeof *cm);
     double t0 = cm_time_now();
     cm->m = wt_model_open(path, err);
     if (!cm->m) return err->status;
+    int sd3 = wt_model_family(cm->m) == WT_FAMILY_SD3;
+    const struct {
+        const char *file, *flag, *prefix;
+    } extra[] = {
+        {o->clip_l, "--clip-l", "text_encoders.clip_l.transformer."},
+        {o->clip_g, "--clip-g", "text_encoders.clip_g.transformer."},
+        {o->t5xxl, "--t5xxl", "text_encoders.t5xxl.transformer."},
+    };
+    for (size_t k = 0; k < sizeof extra / sizeof extra[0]; k++) {
+        if (!extra[k].file) continue;
+        if (!sd3) {
+            cm_error_set(err, CM_ERR_USAGE, "%s %s: separate text encoder files are for SD3 models; %s is %s",
+                         extra[k].flag, extra[k].file, path, wt_family_name(wt_model_family(cm->m)));
+            goto fail;
+        }
+        if (wt_model_add_file(cm->m, extra[k].file, extra[k].prefix, err)) {
+            cm_error_prefix(err, "%s", extra[k].flag);
+            goto fail;
+        }
+    }
+    if (!sd3 && (o->no_t5 || o->t5_max_length)) {
+        cm_error_set(err, CM_ERR_USAGE, "%s: only for SD3 models; %s is %s",
+                     o->no_t5 ? "--no-t5" : "--t5-max-length", path,
+                     wt_family_name(wt_model_family(cm->m)));
+        goto fail;
+    }
     if (!(cm->te = te_encoder_create(cm->m, err))) goto fail;
-    if (!(cm->unet = df_unet_create(cm->m, err))) goto fail;
+    if (sd3) {
+        int len = o->t5_max_length > 0 ? o->t5_max_length : 256;
+        if (te_encoder_set_t5(cm->te, !o->no_t5, len, err)) goto fail;
+        cm->denoiser = CMD_DENOISER_MMDIT;
+        if (!(cm->mmdit = df_mmdit_create(cm->m, err))) goto fail;
+    } else {
+        cm->denoiser = CMD_DENOISER_UNET;
+        if (!(cm->unet = df_unet_create(cm->m, err))) goto fail;
+    }
     if (!(cm->vae = vae_create(cm->m, err))) goto fail;
     if (df_schedule_init(&cm->sched, wt_model_section(cm->m, "scheduler"), err)) goto fail;
-    int ss = wt_cfg_int(wt_model_section(cm->m, "unet"), "sample_size", 0);
-    cm->native_size = ss > 0 ? ss * vae_downscale(cm->vae) : 512;
+    if (sd3 && cm->sched.dynamic_shifting) {
+        cm_error_set(err, CM_ERR_UNSUPPORTED, "%s: scheduler use_dynamic_shifting (SD3.5 Flux-style resolution shift) is not supported",
+                     path);
+        goto fail;
+    }
+    scheduler_defaults(cm);
+    int ss = wt_cfg_int(wt_model_section(cm->m, sd3 ? "transformer" : "unet"), "sample_size", 0);
+    cm->native_size = ss > 0 ? ss * vae_downscale(cm->vae) : sd3 ? 1024 : 512;
     cm->load_seconds = cm_time_now() - t0;
     return CM_OK;
 fail:
@@ -61,6 +127,7 @@ void cmd_models_free(cmd_models *cm)
     df_schedule_release(&cm->sched);
     vae_free(cm->vae);
     df_unet_free(cm->unet);
+    df_mmdit_free(cm->mmdit);
     te_encoder_free(cm->te);
     wt_model_close(cm->m);
     memset(cm, 0, sizeof *cm);
@@ -68,17 +135,24 @@ void cmd_models_free(cmd_models *cm)
 
 int cmd_models_inpainting(const cmd_models *cm)
 {
-    return df_unet_in_channels(cm->unet) == 2 * vae_latent_channels(cm->vae) + 1;
+    return cm->unet && df_unet_in_channels(cm->unet) == 2 * vae_latent_channels(cm->vae) + 1;
 }
 
 int cmd_models_size_multiple(const cmd_models *cm)
 {
-    return df_unet_size_multiple(cm->unet) * vae_downscale(cm->vae);
+    int m = cm->mmdit ? df_mmdit_size_multiple(cm->mmdit) : df_unet_size_multiple(cm->unet);
+    return m * vae_downscale(cm->vae);
+}
+
+int cmd_models_is_flow(const cmd_models *cm)
+{
+    return cm->denoiser == CMD_DENOISER_MMDIT;
 }
 
 const char *cmd_inpaint_method(const cmd_models *cm, cmd_mode mode)
 {
     int nine = cmd_models_inpainting(cm);
+    if (mode == CMD_INPAINT && cm->mmdit) return "latent blend (MMDiT)";
     if (mode == CMD_INPAINT) return nine ? "9-channel inpainting UNet" : "latent blend (4-channel UNet)";
     return nine ? "9-channel inpainting UNet with a full mask and a blank masked image" : NULL;
 }
@@ -262,6 +336,47 @@ static cm_status blank_masked_latents(cmd_models *cm, int W, int H, float *out, 
     return st;
 }
 
+/* ----------------------------------------------------------------- decode */
+
+static int all_finite(const float *v, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite(v[i])) return 0;
+    return 1;
+}
+
+static cm_status decode_once(cmd_models *cm, const cmd_job *job, const float *z, int h, int w,
+                             float *img, cm_error *err)
+{
+    return job->vae_tile > 0 ? vae_decode_tiled(cm->vae, z, 1, h, w, job->vae_tile, job->vae_tile / 4, img, err)
+                             : vae_decode(cm->vae, z, 1, h, w, img, err);
+}
+
+/* The SDXL VAE's known reduced-precision overflow (black / NaN images)
+ * must not reach the user: a decode that yields a non-finite value under
+ * a reduced precision runs again in float32, with a note on stderr. In
+ * float32 it is an error (the latents themselves are broken). */
+static cm_status decode_checked(cmd_models *cm, const cmd_job *job, const float *z, int h, int w,
+                                float *img, cm_error *err)
+{
+    int64_t npx = (int64_t)3 * job->width * job->height;
+    cm_status st = decode_once(cm, job, z, h, w, img, err);
+    if (st || all_finite(img, npx)) return st;
+    cm_precision prec = cm_precision_get();
+    if (prec != CM_PREC_F32) {
+        fprintf(stderr, "stipple: the VAE decode gave non-finite values at reduced precision: decoding again in float32\n");
+        cm_precision_set(CM_PREC_F32);
+        st = decode_once(cm, job, z, h, w, img, err);
+        cm_precision_set(prec);
+        if (st || all_finite(img, npx)) return st;
+    }
+    return cm_error_set(err, CM_ERR_FORMAT, "%s: the VAE decode gave non-finite values in float32 (%s)",
+                        wt_model_path(cm->m),
+                        all_finite(z, (int64_t)vae_latent_channels(cm->vae) * h * w)
+                            ? "the latents are finite: the VAE weights overflow"
+                            : "the sampled latents are not finite");
+}
+
 /* -------------------------------------------------------------------- run */
 
 cm_status cmd_job_run(cmd_models *cm, cmd_cond_cache *cache, const cmd_job *job, cmd_result *res,
@@ -278,11 +393,26 @@ cm_status cmd_job_run(cmd_models *cm, cmd_cond_cache *cache, const cmd_job *job,
                             job->width, job->height, mult);
     int h = job->height / ds, w = job->width / ds;
     int64_t hw = (int64_t)h * w;
-    int C = vae_latent_channels(cm->vae), inC = df_unet_in_channels(cm->unet);
+    int flow = cmd_models_is_flow(cm);
+    int C = vae_latent_channels(cm->vae);
+    int inC = flow ? df_mmdit_in_channels(cm->mmdit) : df_unet_in_channels(cm->unet);
     int nine = cmd_models_inpainting(cm);
     if (inC != C && !nine)
-        return cm_error_set(err, CM_ERR_UNSUPPORTED, "%s: the UNet takes %d input channels: expected %d (or %d for inpainting)",
-                            wt_model_path(cm->m), inC, C, 2 * C + 1);
+        return cm_error_set(err, CM_ERR_UNSUPPORTED, "%s: the %s takes %d input channels: expected %d%s",
+                            wt_model_path(cm->m), flow ? "MMDiT" : "UNet", inC, C,
+                            flow ? " (the VAE's latent channels)" : " (or 2C+1 for inpainting)");
+    if (flow && (job->sampler != DF_SAMPLER_FLOW_EULER || h > df_mmdit_max_latent_size(cm->mmdit) ||
+                 w > df_mmdit_max_latent_size(cm->mmdit))) {
+        if (job->sampler != DF_SAMPLER_FLOW_EULER)
+            return cm_error_set(err, CM_ERR_USAGE, "--sampler %s: an SD3 (MMDiT) model samples with flow_euler only",
+                                df_sampler_name(job->sampler));
+        return cm_error_set(err, CM_ERR_USAGE, "size %dx%d: at most %dx%d pixels for this model (pos_embed_max_size)",
+                            job->width, job->height, df_mmdit_max_latent_size(cm->mmdit) * ds,
+                            df_mmdit_max_latent_size(cm->mmdit) * ds);
+    }
+    if (!flow && job->sampler == DF_SAMPLER_FLOW_EULER)
+        return cm_error_set(err, CM_ERR_USAGE, "--sampler flow_euler: only for SD3 (MMDiT) models; %s is a UNet model",
+                            wt_model_path(cm->m));
     if (job->mode != CMD_TXT2IMG &&
         (!ini || ini->width != job->width || ini->height != job->height ||
          (job->mode == CMD_INPAINT && !ini->weight)))
@@ -313,7 +443,14 @@ cm_status cmd_job_run(cmd_models *cm, cmd_cond_cache *cache, const cmd_job *job,
     /* 2. Buffers: x, x_in (B rows of inC planes), out (B), guided, context
      *    (B,T,D), SDXL text_embeds / time_ids, decoded image, then noise,
      *    image latents and the 9-channel extra planes [mask, masked latents]. */
-    int P = df_unet_pooled_dim(cm->unet), NT = df_unet_n_time_ids(cm->unet);
+    int P = flow ? df_mmdit_pooled_dim(cm->mmdit) : df_unet_pooled_dim(cm->unet);
+    int NT = flow ? 0 : df_unet_n_time_ids(cm->unet);
+    if (flow && (D != df_mmdit_context_dim(cm->mmdit) || !cache->cond.pooled.data ||
+                 cm_tensor_numel(&cache->cond.pooled) != P)) {
+        return cm_error_set(err, CM_ERR_FORMAT, "%s: the text encoders give a context of width %d and a pooled embedding of %lld values; the MMDiT wants %d and %d",
+                            wt_model_path(cm->m), D, (long long)cm_tensor_numel(&cache->cond.pooled),
+                            df_mmdit_context_dim(cm->mmdit), P);
+    }
     size_t floats = (size_t)n * (1 + 2 * B + 1) + (size_t)B * n_in + (size_t)B * T * D +
                     (size_t)B * (P + NT + 1) + (size_t)3 * job->width * job->height +
                     (size_t)n * 3 + (size_t)hw;
@@ -339,9 +476,13 @@ cm_status cmd_job_run(cmd_models *cm, cmd_cond_cache *cache, const cmd_job *job,
                 memset(temb + (size_t)b * P, 0, sizeof(float) * P);
         }
         for (int b = 0; b < B; b++) {
-            /* add_time_ids = original_size + crops_coords_top_left + target_size */
-            float ids[6] = {(float)job->height, (float)job->width, 0, 0, (float)job->height,
-                            (float)job->width};
+            /* add_time_ids = original_size + crops_coords_top_left + target_size
+             * (the reference's defaults: the image size, (0, 0), the image size) */
+            float ids[6] = {(float)(job->orig_h > 0 ? job->orig_h : job->height),
+                            (float)(job->orig_w > 0 ? job->orig_w : job->width),
+                            (float)job->crop_top, (float)job->crop_left,
+                            (float)(job->target_h > 0 ? job->target_h : job->height),
+                            (float)(job->target_w > 0 ? job->target_w : job->width)};
             for (int k = 0; k < NT; k++) tids[(size_t)b * NT + k] = k < 6 ? ids[k] : 0;
         }
     }
@@ -416,10 +557,16 @@ cm_status cmd_job_run(cmd_models *cm, cmd_cond_cache *cache, const cmd_job *job,
         if (B == 2) memcpy(x_in + n_in, x_in, sizeof(float) * (size_t)n_in);
         float t = df_sampler_timestep(s, i);
         for (int b = 0; b < B; b++) tsteps[b] = t;
-        df_unet_input in = {.x = x_in, .B = B, .h = h, .w = w, .timesteps = tsteps,
-                            .context = ctx, .T = T, .text_embeds = P ? temb : NULL,
-                            .time_ids = NT ? tids : NULL};
-        if ((st = df_unet_forward(cm->unet, &in, out, err))) goto done;
+        if (flow) {
+            df_mmdit_input in = {.x = x_in, .B = B, .h = h, .w = w, .timesteps = tsteps,
+                                 .context = ctx, .T = T, .pooled = temb};
+            if ((st = df_mmdit_forward(cm->mmdit, &in, out, err))) goto done;
+        } else {
+            df_unet_input in = {.x = x_in, .B = B, .h = h, .w = w, .timesteps = tsteps,
+                                .context = ctx, .T = T, .text_embeds = P ? temb : NULL,
+                                .time_ids = NT ? tids : NULL};
+            if ((st = df_unet_forward(cm->unet, &in, out, err))) goto done;
+        }
         const float *mo = out;
         if (cfg) {
             df_cfg_combine(out, out + n, n, job->cfg, guided);
@@ -442,9 +589,7 @@ cm_status cmd_job_run(cmd_models *cm, cmd_cond_cache *cache, const cmd_job *job,
     /* 5. Decode; inpaint: composite onto the input. */
     t0 = cm_time_now();
     vae_unscale_latent(cm->vae, x, n, x);
-    if ((st = job->vae_tile > 0 ? vae_decode_tiled(cm->vae, x, 1, h, w, job->vae_tile, job->vae_tile / 4, img, err)
-                                : vae_decode(cm->vae, x, 1, h, w, img, err)))
-        goto done;
+    if ((st = decode_checked(cm, job, x, h, w, img, err))) goto done;
     res->rgb = cm_alloc((size_t)job->width * job->height * 3, "image", err);
     if (!res->rgb) {
         st = CM_ERR_NOMEM;

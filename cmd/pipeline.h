@@ -15,23 +15,54 @@
 #include "vae.h"
 #include "weights.h"
 
+/* The denoiser is a small tagged union: a UNet (SD1 / SD2 / SDXL) or an
+ * MMDiT (SD3). Exactly one of unet / mmdit is set, as `denoiser` says
+ * (unet stays a plain field: the pre-flight reads it, NULL for MMDiT). */
+typedef enum { CMD_DENOISER_UNET = 0, CMD_DENOISER_MMDIT } cmd_denoiser;
+
 typedef struct {
     wt_model *m;
     te_encoder *te;
-    df_unet *unet;
+    cmd_denoiser denoiser;
+    df_unet *unet;   /* CMD_DENOISER_UNET */
+    df_mmdit *mmdit; /* CMD_DENOISER_MMDIT */
     vae_model *vae;
     df_schedule sched;
     int native_size; /* default width/height in pixels */
+    /* The model's scheduler config named a Turbo-style setup: timestep
+     * spacing "trailing" (SD-Turbo / SDXL-Turbo scheduler configs). The
+     * program then defaults to that spacing (no Karras) and, when the
+     * config names a sampler class we know, to that sampler. */
+    int trailing;
+    int has_sampler;               /* sampler below is the config's class */
+    df_sampler_kind sampler;
     double load_seconds;
 } cmd_models;
 
+/* What the model load needs beyond the path (all optional). */
+typedef struct {
+    /* Separate SD3 text encoder files, added under
+     * text_encoders.{clip_l,clip_g,t5xxl}.transformer. before the text
+     * encoders are created (--clip-l, --clip-g, --t5xxl). */
+    const char *clip_l, *clip_g, *t5xxl;
+    int no_t5;         /* SD3: T5 rows are zeros (--no-t5) */
+    int t5_max_length; /* SD3: T5 tokens (--t5-max-length); 0: 256 */
+} cmd_model_opts;
+
+/* cmd_models_load_ex with no options. */
 cm_status cmd_models_load(cmd_models *cm, const char *path, cm_error *err);
+/* o may be NULL. The text encoder files and T5 options are refused
+ * (CM_ERR_USAGE) for a model that is not SD3. */
+cm_status cmd_models_load_ex(cmd_models *cm, const char *path, const cmd_model_opts *o,
+                             cm_error *err);
 void cmd_models_free(cmd_models *cm);
 /* 1 when the UNet is an inpainting one: in_channels = 2 * latent + 1
- * ([latents, mask, masked-image latents]). */
+ * ([latents, mask, masked-image latents]); 0 for an MMDiT. */
 int cmd_models_inpainting(const cmd_models *cm);
 /* Width and height must be multiples of this (pixels). */
 int cmd_models_size_multiple(const cmd_models *cm);
+/* 1 when the denoiser is an MMDiT (SD3: flow matching). */
+int cmd_models_is_flow(const cmd_models *cm);
 
 typedef enum { CMD_TXT2IMG = 0, CMD_IMG2IMG, CMD_INPAINT } cmd_mode;
 
@@ -105,6 +136,9 @@ typedef struct {
     int encode_mean;          /* --encode-mode mean: posterior mean, no draw */
     const cmd_init *init;     /* prepared input (NULL for txt2img) */
     int vae_tile;             /* > 0: tiled VAE decode (set by the memory pre-flight) */
+    /* SDXL micro-conditioning (add_time_ids); 0 = the reference default:
+     * original = target = the image size, crop (0, 0). */
+    int orig_w, orig_h, crop_top, crop_left, target_w, target_h;
 } cmd_job;
 
 typedef struct {
