@@ -6,6 +6,7 @@
 TCase *tc_cmd_cli(void);
 TCase *tc_cmd_bad(void);
 TCase *tc_cmd_img2img(void);
+TCase *tc_cmd_jobs(void);
 TCase *tc_cmd_sd3(void);
 
 int main(void)
@@ -14,6 +15,7 @@ int main(void)
     suite_add_tcase(s, tc_cmd_cli());
     suite_add_tcase(s, tc_cmd_bad());
     suite_add_tcase(s, tc_cmd_img2img());
+    suite_add_tcase(s, tc_cmd_jobs());
     suite_add_tcase(s, tc_cmd_sd3());
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
