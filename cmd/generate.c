@@ -569,7 +569,8 @@ int cmd_generate(int argc, char **argv)
                               : CM_ERR_NOMEM;
         if (!st) st = cm_file_write_atomic(path, png, png_n, o.overwrite, &err);
         cm_free(png);
-        cmd_result_release(&res);
+        cm_free(res.rgb); /* the timings stay for the result line */
+        res.rgb = NULL;
         if (st) {
             cm_free(params);
             rc = cmd_fail(&err);
