@@ -559,6 +559,148 @@ START_TEST(encode_sd2_layers_used)
 }
 END_TEST
 
+/* ------------------------------------------------------------------------
+ * SDXL encoder 2 in HF naming (what weights/diffusers.c exposes for a
+ * diffusers text_encoder_2: CLIPTextModelWithProjection, separate q/k/v,
+ * text_projection.weight [P, W]) gives the same conditioning and pooled
+ * embedding as the OpenCLIP naming. Built from sdxl-tiny: q/k/v are row
+ * ranges of in_proj, the projection is stored transposed.
+ * ---------------------------------------------------------------------- */
+
+static void add_entry(cJSON *hdr, const char *name, const char *dtype, const cJSON *shape, uint64_t b,
+                      uint64_t e)
+{
+    cJSON *t = cJSON_CreateObject();
+    cJSON_AddStringToObject(t, "dtype", dtype);
+    cJSON_AddItemToObject(t, "shape", cJSON_Duplicate(shape, 1));
+    cJSON *o = cJSON_AddArrayToObject(t, "data_offsets");
+    cJSON_AddItemToArray(o, cJSON_CreateNumber((double)b));
+    cJSON_AddItemToArray(o, cJSON_CreateNumber((double)e));
+    cJSON_AddItemToObject(hdr, name, t);
+}
+
+static const char *sdxl_hf_enc2_model(void)
+{
+    static const char OC[] = "conditioner.embedders.1.model.", HF[] = "conditioner.embedders.1.transformer.";
+    static const struct { const char *oc, *hf; } sub[] = {
+        {"ln_1.", "layer_norm1."},       {"ln_2.", "layer_norm2."},   {"mlp.c_fc.", "mlp.fc1."},
+        {"mlp.c_proj.", "mlp.fc2."},     {"attn.out_proj.", "self_attn.out_proj."},
+    };
+    char *data = NULL;
+    size_t n = 0;
+    cm_error err = {0};
+    ck_assert(cm_file_read_all(tu_data(SDXL_MODEL), &data, &n, &err) == CM_OK);
+    uint64_t hl = 0;
+    for (int i = 7; i >= 0; i--) hl = (hl << 8) | (unsigned char)data[i];
+    cJSON *old = cJSON_ParseWithLength(data + 8, (size_t)hl);
+    ck_assert(old);
+    const uint64_t body = n - 8 - hl;
+    cJSON *hdr = cJSON_CreateObject();
+    unsigned char *proj_t = NULL; /* text_projection transposed, appended after the data */
+    size_t proj_bytes = 0;
+    char name[512];
+    for (cJSON *it = old->child; it; it = it->next) {
+        if (!strcmp(it->string, "__metadata__")) {
+            cJSON_AddItemToObject(hdr, "__metadata__", cJSON_Duplicate(it, 1));
+            continue;
+        }
+        const char *dt = cJSON_GetStringValue(cJSON_GetObjectItem(it, "dtype"));
+        const cJSON *sh = cJSON_GetObjectItem(it, "shape");
+        const cJSON *off = cJSON_GetObjectItem(it, "data_offsets");
+        uint64_t b = (uint64_t)cJSON_GetArrayItem(off, 0)->valuedouble;
+        uint64_t e = (uint64_t)cJSON_GetArrayItem(off, 1)->valuedouble;
+        if (strncmp(it->string, OC, sizeof OC - 1)) {
+            add_entry(hdr, it->string, dt, sh, b, e);
+            continue;
+        }
+        const char *r = it->string + sizeof OC - 1;
+        int layer;
+        char rest[256];
+        if (!strcmp(r, "logit_scale")) continue;
+        if (!strcmp(r, "token_embedding.weight")) {
+            snprintf(name, sizeof name, "%stext_model.embeddings.token_embedding.weight", HF);
+        } else if (!strcmp(r, "positional_embedding")) {
+            snprintf(name, sizeof name, "%stext_model.embeddings.position_embedding.weight", HF);
+        } else if (!strncmp(r, "ln_final.", 9)) {
+            snprintf(name, sizeof name, "%stext_model.final_layer_norm.%s", HF, r + 9);
+        } else if (!strcmp(r, "text_projection")) {
+            ck_assert_str_eq(dt, "F16");
+            int W = cJSON_GetArrayItem(sh, 0)->valueint, P = cJSON_GetArrayItem(sh, 1)->valueint;
+            proj_bytes = (size_t)W * P * 2;
+            proj_t = malloc(proj_bytes);
+            const unsigned char *src = (const unsigned char *)data + 8 + hl + b;
+            for (int w = 0; w < W; w++)
+                for (int q = 0; q < P; q++) memcpy(proj_t + ((size_t)q * W + w) * 2, src + ((size_t)w * P + q) * 2, 2);
+            cJSON *tsh = cJSON_CreateIntArray((int[]){P, W}, 2);
+            snprintf(name, sizeof name, "%stext_projection.weight", HF);
+            add_entry(hdr, name, dt, tsh, body, body + proj_bytes);
+            cJSON_Delete(tsh);
+            continue;
+        } else if (sscanf(r, "transformer.resblocks.%d.%255s", &layer, rest) == 2) {
+            if (!strncmp(rest, "attn.in_proj_", 13)) { /* [3W, W] / [3W]: rows q | k | v */
+                int is_w = !strcmp(rest + 13, "weight");
+                uint64_t third = (e - b) / 3;
+                cJSON *qsh = cJSON_Duplicate(sh, 1);
+                cJSON_SetNumberValue(cJSON_GetArrayItem(qsh, 0), cJSON_GetArrayItem(sh, 0)->valuedouble / 3);
+                for (int k = 0; k < 3; k++) {
+                    snprintf(name, sizeof name, "%stext_model.encoder.layers.%d.self_attn.%c_proj.%s", HF, layer,
+                             "qkv"[k], is_w ? "weight" : "bias");
+                    add_entry(hdr, name, dt, qsh, b + k * third, b + (k + 1) * third);
+                }
+                cJSON_Delete(qsh);
+                continue;
+            }
+            size_t k = 0;
+            while (k < sizeof sub / sizeof sub[0] && strncmp(rest, sub[k].oc, strlen(sub[k].oc))) k++;
+            ck_assert_msg(k < sizeof sub / sizeof sub[0], "unexpected tensor %s", it->string);
+            snprintf(name, sizeof name, "%stext_model.encoder.layers.%d.%s%s", HF, layer, sub[k].hf,
+                     rest + strlen(sub[k].oc));
+        } else {
+            ck_abort_msg("unexpected tensor %s", it->string);
+        }
+        add_entry(hdr, name, dt, sh, b, e);
+    }
+    ck_assert(proj_t != NULL);
+    char *h = cJSON_PrintUnformatted(hdr);
+    unsigned char *all = malloc(body + proj_bytes);
+    memcpy(all, data + 8 + hl, body);
+    memcpy(all + body, proj_t, proj_bytes);
+    const char *path = tu_st_write("sdxl_hf_enc2.safetensors", h, 0, all, body + proj_bytes);
+    free(all);
+    free(proj_t);
+    free(h);
+    cJSON_Delete(hdr);
+    cJSON_Delete(old);
+    cm_free(data);
+    return path;
+}
+
+START_TEST(encode_sdxl_hf_enc2)
+{
+    const char *g = "golden/sdxl-tiny/text_encoder.safetensors";
+    cm_error err = {0};
+    wt_model *m = wt_model_open(sdxl_hf_enc2_model(), &err);
+    ck_assert_msg(m != NULL, "%s", err.msg);
+    ck_assert(wt_model_get(m, "conditioner.embedders.1.model.token_embedding.weight") == NULL);
+    ck_assert(wt_model_get(m, "conditioner.embedders.1.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight"));
+    te_encoder *e = make_encoder(m);
+    te_cond c = {0}, u = {0};
+    encode_ok(e, P0, "", 0, &c, &u);
+    check_row("sdxl hf-enc2 cond", &c.context, g, "prompt_embeds", 0);
+    check_row("sdxl hf-enc2 pooled", &c.pooled, g, "enc2_text_embeds", 0);
+    te_cond_release(&c);
+    te_cond_release(&u);
+    encode_ok(e, "", P0, 0, &c, &u);
+    check_row("sdxl hf-enc2 uncond", &u.context, g, "prompt_embeds", 0);
+    check_row("sdxl hf-enc2 cond = empty", &c.context, g, "prompt_embeds", 3);
+    check_row("sdxl hf-enc2 pooled = empty", &c.pooled, g, "enc2_text_embeds", 3);
+    te_cond_release(&c);
+    te_cond_release(&u);
+    te_encoder_free(e);
+    wt_model_close(m);
+}
+END_TEST
+
 TCase *tc_textenc_clip(void)
 {
     TCase *tc = tu_tcase("textenc_clip");
@@ -573,6 +715,7 @@ TCase *tc_textenc_clip(void)
     tcase_add_test(tc, encode_sd2_golden);
     tcase_add_test(tc, encode_sd2_layers_used);
     tcase_add_test(tc, encode_sdxl_golden);
+    tcase_add_test(tc, encode_sdxl_hf_enc2);
     tcase_add_test(tc, encode_emphasis_chunks);
     tcase_add_test(tc, encode_cli);
     return tc;
