@@ -198,11 +198,50 @@ START_TEST(test_golden_pipelines)
 }
 END_TEST
 
+/* The model hash (A1111's: first 10 hex of the file's SHA-256) is cached
+ * by path, size, mtime and inode; a changed file is hashed again. The
+ * expected hash comes from coreutils' sha256sum. */
+START_TEST(test_model_hash_cache)
+{
+    char dir[2048], cmd[8192], *out = NULL;
+    snprintf(dir, sizeof dir, "%s/hashcache", tu_tmpdir());
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir -p '%s/c' && cp '%s' '%s/m.safetensors'", dir, dir,
+             tu_data("golden/sd1-tiny/model/sd1-tiny_f16.safetensors"), dir);
+    ck_assert_int_eq(tu_run(cmd, NULL, NULL), 0);
+    snprintf(cmd, sizeof cmd, "sha256sum '%s/m.safetensors' | cut -c1-10", dir);
+    ck_assert_int_eq(tu_run(cmd, &out, NULL), 0);
+    char want[16] = "";
+    snprintf(want, sizeof want, "%.10s", out ? out : "");
+    cm_free(out);
+    const char *info = "STIPPLE_CACHE_DIR='%s/c' '%s' info --json '%s/m.safetensors' | grep -o '\"model_hash\": *\"[0-9a-f]*\"' | grep -o '[0-9a-f]\\{10\\}'";
+    /* 1. first run: computed and stored */
+    snprintf(cmd, sizeof cmd, info, dir, tu_stipple(), dir);
+    ck_assert_int_eq(tu_run(cmd, &out, NULL), 0);
+    ck_assert_msg(out && !strncmp(out, want, 10), "hash %s, sha256sum says %s", out ? out : "", want);
+    cm_free(out);
+    /* 2. the cache is used: a forged entry for the same key wins */
+    snprintf(cmd, sizeof cmd, "sed -i 's/^[0-9a-f]\\{10\\}/abcdef0123/' '%s/c/model-hashes.tsv'", dir);
+    ck_assert_int_eq(tu_run(cmd, NULL, NULL), 0);
+    snprintf(cmd, sizeof cmd, info, dir, tu_stipple(), dir);
+    ck_assert_int_eq(tu_run(cmd, &out, NULL), 0);
+    ck_assert_msg(out && !strncmp(out, "abcdef0123", 10), "cache not used: %s", out ? out : "");
+    cm_free(out);
+    /* 3. a modified file (new mtime) is hashed again */
+    snprintf(cmd, sizeof cmd, "touch -d '2001-01-01' '%s/m.safetensors'", dir);
+    ck_assert_int_eq(tu_run(cmd, NULL, NULL), 0);
+    snprintf(cmd, sizeof cmd, info, dir, tu_stipple(), dir);
+    ck_assert_int_eq(tu_run(cmd, &out, NULL), 0);
+    ck_assert_msg(out && !strncmp(out, want, 10), "stale cache entry used: %s", out ? out : "");
+    cm_free(out);
+}
+END_TEST
+
 TCase *tc_cmd_cli(void)
 {
     TCase *tc = tu_tcase("cmd_cli");
     tcase_add_test(tc, test_help_version);
     tcase_add_test(tc, test_usage_errors);
+    tcase_add_test(tc, test_model_hash_cache);
     tcase_add_loop_test(tc, test_golden_pipelines, 0, (int)(sizeof runs / sizeof runs[0]));
     return tc;
 }

@@ -314,8 +314,12 @@ const char *wt_model_stem(const wt_model *m) { return m->stem; }
 const char *wt_model_hash(wt_model *m)
 {
     if (!m->hash[0]) {
-        if (m->nfiles == 0 || wt_sha256_file_hex10(wt_file_path(m->files[0]), m->hash))
+        const char *path = m->nfiles ? wt_file_path(m->files[0]) : NULL;
+        if (path && wt_hash_cache_lookup(path, m->hash)) return m->hash;
+        if (!path || wt_sha256_file_hex10(path, m->hash))
             snprintf(m->hash, sizeof m->hash, "0000000000");
+        else
+            wt_hash_cache_store(path, m->hash);
     }
     return m->hash;
 }

@@ -66,4 +66,9 @@ cm_status wt_sha256_file(const char *path, char out[65], cm_error *err);
 /* First 10 hex digits of the file's SHA-256 (+ NUL): A1111's model hash. */
 cm_status wt_sha256_file_hex10(const char *path, char out[16]);
 
+/* hashcache.c: remembered model-file hashes (see the file header).
+ * lookup returns 1 and fills out (10 hex + NUL) on a hit. */
+int wt_hash_cache_lookup(const char *path, char out[16]);
+void wt_hash_cache_store(const char *path, const char *hex10);
+
 #endif
