@@ -83,6 +83,7 @@ const char *cmd_builtin_model_path(void);
 struct wt_model;
 struct te_encoder;
 struct df_unet;
+struct df_mmdit;
 struct vae_model;
 
 /* Latent pixels per tile of the automatic tiled decode; tiles overlap by a
@@ -100,6 +101,8 @@ typedef struct {
     int rows;                    /* UNet batch rows: 2 with CFG, else 1 */
     const char *prompt, *negative;
     int with_image;              /* img2img / inpaint: an input image is encoded */
+    const struct df_mmdit *mmdit; /* SD3: the denoiser instead of unet (NULL otherwise) */
+    int context_tokens;          /* > 0: the context length when known (SD3: 77 + T5 tokens) */
 } cmd_mem_job;
 
 /* The estimate, in bytes (SIZE_MAX when it overflows). */

@@ -98,6 +98,7 @@ cm_status cmd_models_load_ex(cmd_models *cm, const char *path, const cmd_model_o
     if (sd3) {
         int len = o->t5_max_length > 0 ? o->t5_max_length : 256;
         if (te_encoder_set_t5(cm->te, !o->no_t5, len, err)) goto fail;
+        cm->context_tokens = TE_CTX + len;
         cm->denoiser = CMD_DENOISER_MMDIT;
         if (!(cm->mmdit = df_mmdit_create(cm->m, err))) goto fail;
     } else {

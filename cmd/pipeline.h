@@ -29,6 +29,7 @@ typedef struct {
     vae_model *vae;
     df_schedule sched;
     int native_size; /* default width/height in pixels */
+    int context_tokens; /* SD3: 77 + T5 tokens (the context length); 0 otherwise */
     /* The model's scheduler config named a Turbo-style setup: timestep
      * spacing "trailing" (SD-Turbo / SDXL-Turbo scheduler configs). The
      * program then defaults to that spacing (no Karras) and, when the

@@ -186,7 +186,8 @@ void cmd_mem_estimate(const cmd_mem_job *j, cmd_mem_plan *p)
 
     int Tp = context_tokens(j->te, j->prompt), Tn = context_tokens(j->te, j->negative);
     int T = Tp > Tn ? Tp : Tn;
-    int D = j->unet ? df_unet_context_dim(j->unet) : 768;
+    if (j->context_tokens > T) T = j->context_tokens;
+    int D = j->unet ? df_unet_context_dim(j->unet) : j->mmdit ? df_mmdit_context_dim(j->mmdit) : 768;
     if (D <= 0) D = 768;
 
     /* Pipeline buffers (cmd_job_run): x, x_in (B), out (B), guided, the
@@ -200,6 +201,10 @@ void cmd_mem_estimate(const cmd_mem_job *j, cmd_mem_plan *p)
 
     p->unet = j->unet ? df_unet_work_bytes(j->unet, B, (int)h, (int)w, T) : 0;
     if (j->unet && p->unet == 0) p->unet = SIZE_MAX; /* overflow */
+    if (j->mmdit) {
+        p->unet = df_mmdit_work_bytes(j->mmdit, B, (int)h, (int)w, T);
+        if (p->unet == 0) p->unet = SIZE_MAX; /* overflow */
+    }
 
     /* Kernel scratch: GEMM panels + per-thread blocks; attention K/V. */
     size_t gemm = add_sat(panels, (size_t)nt * (96 * 256 + 96 * 544) * sizeof(float));
@@ -302,7 +307,8 @@ cm_status cmd_job_preflight(const cmd_models *cm, cmd_job *job, size_t max_memor
                       .width = job->width, .height = job->height,
                       .rows = df_cfg_enabled(job->cfg) ? 2 : 1,
                       .prompt = job->prompt, .negative = job->negative,
-                      .with_image = job->mode != CMD_TXT2IMG};
+                      .with_image = job->mode != CMD_TXT2IMG, .mmdit = cm->mmdit,
+                      .context_tokens = cm->context_tokens};
     int tiled = 0;
     cm_status st = cmd_preflight(&mj, max_memory, &tiled, err);
     if (!st) job->vae_tile = tiled ? cmd_vae_tile() : 0;
