@@ -74,11 +74,13 @@ cm_status cm_file_write_atomic(const char *path, const void *data, size_t n, int
     size_t len = strlen(path);
     char *tmp = cm_alloc(len + 32, "temporary name", err);
     if (!tmp) return CM_ERR_NOMEM;
-    /* Temporary name in the same folder: ".<name>.tmp-XXXXXX". */
+    /* Temporary name in the same folder: ".<name>.tmp-XXXXXX", the name cut
+     * to 200 bytes so that a valid long name (up to NAME_MAX, 255) still
+     * leaves a valid temporary one. */
     const char *slash = strrchr(path, '/');
     size_t dirlen = slash ? (size_t)(slash - path) + 1 : 0;
     memcpy(tmp, path, dirlen);
-    snprintf(tmp + dirlen, len + 32 - dirlen, ".%s.tmp-XXXXXX", path + dirlen);
+    snprintf(tmp + dirlen, len + 32 - dirlen, ".%.200s.tmp-XXXXXX", path + dirlen);
     if (!overwrite && access(path, F_OK) == 0) {
         cm_free(tmp);
         return cm_error_set(err, CM_ERR_IO, "%s: already exists (use --overwrite to replace it)", path);

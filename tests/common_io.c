@@ -516,6 +516,16 @@ START_TEST(test_file_write_atomic)
     ck_assert_int_eq(dir_entries(dir), 2);
     struct stat sb;
     ck_assert(stat(p, &sb) == 0 && (sb.st_mode & 0777) == 0644);
+    /* a 250-byte name (NAME_MAX is 255): the temporary name must fit too */
+    char longname[251];
+    memset(longname, 'n', 246);
+    memcpy(longname + 246, ".png", 5);
+    ck_assert_msg(cm_file_write_atomic(join(dir, longname), "long", 4, 0, &err) == CM_OK, "%s", err.msg);
+    d = read_file(join(dir, longname), &n);
+    ck_assert_str_eq(d, "long");
+    cm_free(d);
+    ck_assert(unlink(join(dir, longname)) == 0);
+    ck_assert_int_eq(dir_entries(dir), 2);
 
     /* folder missing: error naming the file, nothing created */
     ck_assert(cm_file_write_atomic(join(dir, "no/such/x.png"), "x", 1, 0, &err) == CM_ERR_IO);
