@@ -125,6 +125,7 @@ fail:
 void cmd_models_free(cmd_models *cm)
 {
     if (!cm) return;
+    cm_pack_cache_clear(); /* packed panels of weights about to be unmapped */
     df_schedule_release(&cm->sched);
     vae_free(cm->vae);
     df_unet_free(cm->unet);
@@ -217,6 +218,9 @@ static cm_status get_cond(cmd_models *cm, cmd_cond_cache *cache, const cmd_job *
     cache->clip_skip = job->clip_skip;
     cm_status st = te_encode_pair(cm->te, job->prompt, neg, job->clip_skip, &cache->cond,
                                   &cache->uncond, err);
+    /* The text encoder's packed weights are not needed until the next
+     * prompt: give their memory to the denoiser. */
+    cm_pack_cache_clear();
     if (st) return st;
     cache->valid = 1;
     return CM_OK;

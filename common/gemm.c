@@ -272,8 +272,9 @@ int cm_isa_force(const char *name)
  * against ~2M/50 ns of multiply-adds, so above ~256 rows it is under ~15 %
  * of the work and the float32 panels (2x an f16 checkpoint) would be
  * resident memory for little. (SD 1.5 at 512x512, batch 2: the 8x8 layers,
- * ~1.1 GB of panels; the text encoder ~0.5 GB: clear after encoding.) Bounded by a byte budget (default 25 %
- * of physical memory, env STIPPLE_PACK_CACHE_MB, 0 disables) with
+ * ~1.1 GB of panels; the text encoder ~0.5 GB: the pipeline clears the
+ * cache after encoding.) Bounded by a byte budget (default 512 MiB or 25 %
+ * of physical memory if less; env STIPPLE_PACK_CACHE_MB, 0 disables) with
  * least-recently-used eviction. Kernels are called one at a time, but the
  * table is still guarded by a critical section and entries in use are
  * never evicted.
@@ -315,8 +316,12 @@ static void pc_init(void)
         g_pc.budget = (size_t)strtoull(env, NULL, 10) << 20;
         return;
     }
+    /* 512 MiB (less on small machines): enough for every layer of the
+     * built-in and small models and the low-resolution levels of SD-class
+     * UNets, while a 512x512 SD 1.5 run stays near its memory target. */
     long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGE_SIZE);
-    g_pc.budget = pages > 0 && psz > 0 ? (size_t)pages * (size_t)psz / 4 : (size_t)1 << 30;
+    size_t quarter = pages > 0 && psz > 0 ? (size_t)pages * (size_t)psz / 4 : (size_t)1 << 30;
+    g_pc.budget = quarter < ((size_t)512 << 20) ? quarter : ((size_t)512 << 20);
 }
 
 static uint64_t pc_mix(uint64_t h, uint64_t v)
