@@ -4,11 +4,13 @@
 #include <stdlib.h>
 
 TCase *tc_vae_kl(void);
+TCase *tc_vae_taesd(void);
 
 int main(void)
 {
     Suite *s = suite_create("vae");
     suite_add_tcase(s, tc_vae_kl());
+    suite_add_tcase(s, tc_vae_taesd());
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);

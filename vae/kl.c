@@ -25,7 +25,7 @@
  * live. All maths goes through the common/ kernels, so results are
  * bit-identical for any thread count.
  */
-#include "vae.h"
+#include "vae_internal.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -85,6 +85,7 @@ struct vae_model {
     int has_encoder, has_decoder, has_quant_conv, has_post_quant_conv, mid_attn;
     vae_trace_fn trace;
     void *trace_ctx;
+    vae_taesd *tiny; /* "AutoencoderTiny": everything goes to taesd.c */
 };
 
 /* ------------------------------------------------------------------------
@@ -263,6 +264,14 @@ vae_model *vae_create(const wt_model *m, cm_error *err)
     vae_model *v = cm_calloc(sizeof *v, "vae model", err);
     if (!v) return NULL;
     v->wm = m;
+    const char *cls = wt_cfg_str(cfg, "_class_name", "");
+    if (cls && !strcmp(cls, "AutoencoderTiny")) {
+        if (!(v->tiny = vae_taesd_create(m, cfg, err))) goto fail;
+        v->latent = vae_taesd_latent_channels(v->tiny);
+        v->scaling = vae_taesd_scaling_factor(v->tiny); /* for vae_unscale_latent */
+        v->shift = vae_taesd_shift_factor(v->tiny);
+        return v;
+    }
     v->nlev = wt_cfg_len(cfg, "block_out_channels");
     if (v->nlev == 0) v->nlev = 4; /* diffusers default [128, 256, 512, 512] */
     if (v->nlev > VAE_MAX_LEVELS) {
@@ -316,13 +325,23 @@ fail:
 void vae_free(vae_model *v)
 {
     if (!v) return;
+    vae_taesd_free(v->tiny);
     cm_free(v);
 }
 
-int vae_latent_channels(const vae_model *v) { return v->latent; }
-float vae_scaling_factor(const vae_model *v) { return v->scaling; }
-float vae_shift_factor(const vae_model *v) { return v->shift; }
-int vae_downscale(const vae_model *v) { return 1 << (v->nlev - 1); }
+int vae_latent_channels(const vae_model *v)
+{
+    return v->tiny ? vae_taesd_latent_channels(v->tiny) : v->latent;
+}
+float vae_scaling_factor(const vae_model *v)
+{
+    return v->tiny ? vae_taesd_scaling_factor(v->tiny) : v->scaling;
+}
+float vae_shift_factor(const vae_model *v)
+{
+    return v->tiny ? vae_taesd_shift_factor(v->tiny) : v->shift;
+}
+int vae_downscale(const vae_model *v) { return v->tiny ? 8 : 1 << (v->nlev - 1); }
 
 void vae_set_trace(vae_model *v, vae_trace_fn fn, void *ctx)
 {
@@ -473,8 +492,14 @@ static size_t plan_bytes(int64_t floats)
     return all;
 }
 
-size_t vae_decode_bytes(const vae_model *v, int h, int w) { return plan_bytes(dec_floats(v, h, w)); }
-size_t vae_encode_bytes(const vae_model *v, int H, int W) { return plan_bytes(enc_floats(v, H, W)); }
+size_t vae_decode_bytes(const vae_model *v, int h, int w)
+{
+    return v->tiny ? vae_taesd_decode_bytes(v->tiny, h, w) : plan_bytes(dec_floats(v, h, w));
+}
+size_t vae_encode_bytes(const vae_model *v, int H, int W)
+{
+    return v->tiny ? vae_taesd_encode_bytes(v->tiny, H, W) : plan_bytes(enc_floats(v, H, W));
+}
 
 static cm_status work_alloc(vae_work *w, int64_t floats, int groups, const char *what, cm_error *err)
 {
@@ -548,6 +573,7 @@ cm_status vae_decode(vae_model *v, const float *z, int B, int h, int w, float *i
     if (!err) err = &local;
     if (!v || !z || !img)
         return cm_error_set(err, CM_ERR_USAGE, "vae_decode: NULL argument");
+    if (v->tiny) return vae_taesd_decode(v->tiny, z, B, h, w, img, err);
     if (B < 1 || h < 1 || w < 1)
         return cm_error_set(err, CM_ERR_USAGE, "vae_decode: bad latent shape (%d, %d, %d, %d)", B,
                             v->latent, h, w);
@@ -632,6 +658,7 @@ cm_status vae_encode(vae_model *v, const float *img, int B, int H, int W, float 
     if (!err) err = &local;
     if (!v || !img || !mean || !logvar)
         return cm_error_set(err, CM_ERR_USAGE, "vae_encode: NULL argument");
+    if (v->tiny) return vae_taesd_encode(v->tiny, img, B, H, W, mean, logvar, err);
     if (!v->has_encoder)
         return cm_error_set(err, CM_ERR_UNSUPPORTED, "%s: the vae has no encoder weights",
                             wt_model_path(v->wm));
@@ -703,6 +730,8 @@ cm_status vae_decode_tiled(vae_model *v, const float *z, int B, int h, int w, in
     cm_error local;
     if (!err) err = &local;
     if (!v || !z || !img) return cm_error_set(err, CM_ERR_USAGE, "vae_decode_tiled: NULL argument");
+    /* The tiny decoder has no GroupNorm over the image: one call, no tiles. */
+    if (v->tiny) return vae_taesd_decode(v->tiny, z, B, h, w, img, err);
     if (B < 1 || h < 1 || w < 1)
         return cm_error_set(err, CM_ERR_USAGE, "vae_decode_tiled: bad latent shape (%d, %d, %d, %d)",
                             B, v->latent, h, w);
