@@ -109,6 +109,7 @@ typedef struct {
 typedef struct {
     size_t weights, buffers, unet, vae, vae_tiled;
     size_t kernels_unet, kernels_vae, kernels_vae_tiled, overhead;
+    size_t pack_cache; /* min(cm_pack_cache_budget, all packed panels) */
     size_t total;       /* with a whole-image VAE decode */
     size_t total_tiled; /* with vae_decode_tiled (cmd_vae_tile, overlap tile/4) */
 } cmd_mem_plan;

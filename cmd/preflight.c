@@ -8,6 +8,8 @@
  *          image, RGB8, PNG encoding) + sampler state
  *        + UNet working memory (df_unet_work_bytes; kept after sampling)
  *        + max(UNet kernel scratch, VAE working memory + VAE kernel scratch)
+ *        + the GEMM's pack cache (packed panels kept across steps, at most
+ *          its budget)
  *        + a fixed allowance for the program, libraries and tokenizer
  *
  * Kernel scratch follows common/gemm.c and common/kernels.c: the GEMM packs
@@ -120,11 +122,13 @@ static size_t mul_sat(size_t a, size_t b)
     return cm_mul_size(a, b, &r) ? r : SIZE_MAX;
 }
 
-/* Weights (bytes in the map) and the GEMM's largest packed panel set. */
-static void weight_bytes(const wt_model *m, size_t *weights, size_t *panels)
+/* Weights (bytes in the map), the GEMM's largest packed panel set and
+ * all packed panels together (what the pack cache could hold). */
+static void weight_bytes(const wt_model *m, size_t *weights, size_t *panels, size_t *packed)
 {
     *weights = 0;
     *panels = 0;
+    *packed = 0;
     for (int i = 0; i < wt_model_count(m); i++) {
         const cm_wview *v = wt_model_view_at(m, i);
         int64_t n = cm_wview_numel(v);
@@ -134,6 +138,7 @@ static void weight_bytes(const wt_model *m, size_t *weights, size_t *panels)
             size_t oc = (size_t)v->shape[0], k = (size_t)n / oc;
             size_t p = mul_sat(mul_sat((oc + 31) / 32 * 32, k), sizeof(float));
             if (p > *panels) *panels = p;
+            *packed = add_sat(*packed, p);
         }
     }
 }
@@ -181,8 +186,12 @@ void cmd_mem_estimate(const cmd_mem_job *j, cmd_mem_plan *p)
     const size_t n = h * w * (size_t)C; /* latent values of one image */
     const int nt = cm_threads_get() > 0 ? cm_threads_get() : 1;
 
-    size_t panels = 0;
-    weight_bytes(j->m, &p->weights, &panels);
+    size_t panels = 0, packed = 0;
+    weight_bytes(j->m, &p->weights, &panels, &packed);
+    /* The GEMM's pack cache keeps packed panels of layers run at <= 256
+     * rows across steps, up to its budget: count it as full. */
+    size_t budget = cm_pack_cache_budget();
+    p->pack_cache = packed < budget ? packed : budget;
 
     int Tp = context_tokens(j->te, j->prompt), Tn = context_tokens(j->te, j->negative);
     int T = Tp > Tn ? Tp : Tn;
@@ -243,7 +252,8 @@ void cmd_mem_estimate(const cmd_mem_job *j, cmd_mem_plan *p)
         }
     }
 
-    size_t base = add_sat(add_sat(add_sat(p->weights, p->buffers), p->unet), PF_OVERHEAD);
+    size_t base = add_sat(add_sat(add_sat(add_sat(p->weights, p->buffers), p->unet), PF_OVERHEAD),
+                          p->pack_cache);
     size_t full = add_sat(p->vae, p->kernels_vae), tiled = add_sat(p->vae_tiled, p->kernels_vae_tiled);
     size_t ku = p->kernels_unet;
     p->total = add_sat(base, full > ku ? full : ku);
@@ -276,9 +286,9 @@ cm_status cmd_preflight(const cmd_mem_job *j, size_t max_memory, int *tiled, cm_
     if (getenv("STIPPLE_MEM_DEBUG"))
         fprintf(stderr,
                 "stipple: memory estimate %zu bytes (weights %zu, buffers %zu, unet %zu, vae %zu, "
-                "kernels unet %zu vae %zu, overhead %zu; tiled %zu); limit %zu (%s)\n",
+                "kernels unet %zu vae %zu, pack cache %zu, overhead %zu; tiled %zu); limit %zu (%s)\n",
                 p.total, p.weights, p.buffers, p.unet, p.vae, p.kernels_unet, p.kernels_vae,
-                p.overhead, p.total_tiled, limit, src);
+                p.pack_cache, p.overhead, p.total_tiled, limit, src);
     if (!limit || p.total <= limit) return CM_OK;
     char est[64], lim[64], tl[64];
     fmt_bytes(p.total, est, sizeof est);
