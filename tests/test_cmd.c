@@ -8,6 +8,7 @@ TCase *tc_cmd_bad(void);
 TCase *tc_cmd_img2img(void);
 TCase *tc_cmd_jobs(void);
 TCase *tc_cmd_sd3(void);
+TCase *tc_builtin_agree(void);
 
 int main(void)
 {
@@ -17,6 +18,7 @@ int main(void)
     suite_add_tcase(s, tc_cmd_img2img());
     suite_add_tcase(s, tc_cmd_jobs());
     suite_add_tcase(s, tc_cmd_sd3());
+    suite_add_tcase(s, tc_builtin_agree());
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
