@@ -184,7 +184,7 @@ typedef enum { SETUP_NONE = 0, SETUP_FILE, SETUP_EXISTS } row_setup;
 
 typedef struct {
     const char *name;
-    const char *args; /* %M model, %B bad-file folder, %D row folder, %I images */
+    const char *args; /* %M model, %B bad-file folder, %D row folder, %I images, %N npy */
     int rc;           /* 0 success, 1 or 2 */
     const char *needle;
     row_setup setup;  /* FILE: %D/file is a regular file; EXISTS: %D/out.png exists */
@@ -222,6 +222,10 @@ static const bad_row rows[] = {
     {"empty prompt", "txt2img -p '' -m %M " FAST " -o %D/out.png", 0, NULL, 0, NULL},
     {"invalid UTF-8 prompt", "txt2img -p \"$(printf 'a \\377\\376 cat \\342\\202')\" -m %M " FAST " -o %D/out.png", 0, "invalid UTF-8", 0, NULL},
     {"50,000-character prompt", "txt2img -p \"$(cat %B/long_prompt.txt)\" -m %M " FAST " -o %D/out.png", 0, NULL, 0, NULL},
+    /* --init-noise */
+    {"init-noise float64 .npy", "txt2img -p cat -m %M --init-noise %N/f64_2x3.npy " FAST " -o %D/out.png", 1, "f64_2x3.npy", 0, NULL},
+    {"init-noise wrong shape", "txt2img -p cat -m %M --init-noise %N/f32_2x3.npy " FAST " -o %D/out.png", 2, "--init-noise", 0, NULL},
+    {"init-noise not a .npy", "txt2img -p cat -m %M --init-noise %I/one.png " FAST " -o %D/out.png", 1, "one.png", 0, NULL},
     /* output */
     {"output folder missing", "txt2img -p cat -m %M " FAST " -o %D/missing/out.png", 1, "missing/out.png", 0, NULL},
     {"output folder not writable", "txt2img -p cat -m %M " FAST " -o %D/file/out.png", 1, "file/out.png", SETUP_FILE, NULL},
@@ -254,6 +258,7 @@ static void expand(const char *tmpl, const char *dir, char *out, size_t cap)
             case 'B': v = bad_dir(); break;
             case 'D': v = dir; break;
             case 'I': v = tu_data("images"); break;
+            case 'N': v = tu_data("npy"); break;
             }
         }
         if (v) {
