@@ -16,7 +16,11 @@
 typedef struct vae_model vae_model;
 
 /* Reads the "vae" config section and checks every first_stage_model.*
- * tensor (names and shapes) up front. The weight model must outlive v. */
+ * tensor (names and shapes) up front. The weight model must outlive v.
+ * "_class_name": "AutoencoderTiny" selects the TAESD-family tiny
+ * autoencoder (vae/taesd.c, first_stage_model.{decoder,encoder}.N.*):
+ * same interface and image range; its encoder is deterministic (logvar
+ * -30) and vae_decode_tiled decodes it in one piece. */
 vae_model *vae_create(const wt_model *m, cm_error *err);
 void vae_free(vae_model *v);
 int vae_latent_channels(const vae_model *v);
