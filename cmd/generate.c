@@ -435,6 +435,25 @@ int cmd_generate(int argc, char **argv)
             return cmd_fail(&err);
         }
     }
+    /* The output folder must exist before minutes of work go into an image
+     * that cannot be written (a templated folder is checked per image). */
+    const char *oslash = strrchr(o.output, '/');
+    if (oslash && oslash != o.output) {
+        char odir[4096];
+        size_t dl = (size_t)(oslash - o.output);
+        if (dl < sizeof odir && !memchr(o.output, '{', dl)) {
+            memcpy(odir, o.output, dl);
+            odir[dl] = 0;
+            struct stat sb;
+            if (stat(odir, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+                cm_image_release(&image);
+                cm_image_release(&mask);
+                cm_error_set(&err, CM_ERR_IO, "-o %s: %s %s", o.output, odir,
+                             stat(odir, &sb) != 0 ? "does not exist" : "is not a folder");
+                return cmd_fail(&err);
+            }
+        }
+    }
     if (o.threads) cm_threads_set(o.threads);
     if (!o.quiet) cm_log_set_level(CM_LOG_INFO);
 
