@@ -11,40 +11,23 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* Exit status and a one-line `stipple: error:` message on stderr. */
-static void expect_error(const char *args, int want_rc, const char *needle)
-{
-    char cmd[8192], *out = NULL, *err = NULL;
-    snprintf(cmd, sizeof cmd, "'%s' %s", tu_stipple(), args);
-    int rc = tu_run(cmd, &out, &err);
-    ck_assert_msg(rc == want_rc, "stipple %s: exit %d, want %d; stderr: %s", args, rc, want_rc,
-                  err ? err : "");
-    ck_assert_msg(err && !strncmp(err, "stipple: error: ", 16), "stipple %s: stderr not an error line: %s",
-                  args, err ? err : "");
-    const char *nl = strchr(err, '\n');
-    ck_assert_msg(nl && nl[1] == 0, "stipple %s: error is not exactly one line: %s", args, err);
-    if (needle) ck_assert_msg(strstr(err, needle), "stipple %s: error lacks \"%s\": %s", args, needle, err);
-    cm_free(out);
-    cm_free(err);
-}
-
 START_TEST(test_usage_errors)
 {
-    expect_error("frobnicate", 2, "unknown command");
-    expect_error("--frob", 2, "unknown option");
-    expect_error("txt2img --frob 1 -p x", 2, "--frob");
-    expect_error("txt2img -p", 2, "needs a value");
-    expect_error("txt2img", 2, "-p PROMPT is required");
-    expect_error("txt2img -p x --steps 0", 2, "--steps");
-    expect_error("txt2img -p x --cfg nan", 2, "--cfg");
-    expect_error("txt2img -p x -W 100", 2, "multiple of 8");
-    expect_error("txt2img -p x -W 0", 2, "--width");
-    expect_error("txt2img -p x -H -64", 2, "--height");
-    expect_error("txt2img -p x --seed 18446744073709551616", 2, "--seed");
-    expect_error("txt2img -p x --seed -2", 2, "--seed");
-    expect_error("txt2img -p x --sampler plms", 2, "plms");
-    expect_error("txt2img -p x --rng gpu", 2, "--rng");
-    expect_error("txt2img -p x -m /nonexistent/model.safetensors", 1, "/nonexistent/model.safetensors");
+    tu_expect_error("frobnicate", 2, "unknown command");
+    tu_expect_error("--frob", 2, "unknown option");
+    tu_expect_error("txt2img --frob 1 -p x", 2, "--frob");
+    tu_expect_error("txt2img -p", 2, "needs a value");
+    tu_expect_error("txt2img", 2, "-p PROMPT is required");
+    tu_expect_error("txt2img -p x --steps 0", 2, "--steps");
+    tu_expect_error("txt2img -p x --cfg nan", 2, "--cfg");
+    tu_expect_error("txt2img -p x -W 100", 2, "multiple of 8");
+    tu_expect_error("txt2img -p x -W 0", 2, "--width");
+    tu_expect_error("txt2img -p x -H -64", 2, "--height");
+    tu_expect_error("txt2img -p x --seed 18446744073709551616", 2, "--seed");
+    tu_expect_error("txt2img -p x --seed -2", 2, "--seed");
+    tu_expect_error("txt2img -p x --sampler plms", 2, "plms");
+    tu_expect_error("txt2img -p x --rng gpu", 2, "--rng");
+    tu_expect_error("txt2img -p x -m /nonexistent/model.safetensors", 1, "/nonexistent/model.safetensors");
 }
 END_TEST
 
@@ -95,22 +78,6 @@ static const char *sampler_of(const char *cls)
     return "unknown";
 }
 
-/* Shell-quote s into out (single quotes). */
-static void shq(const char *s, char *out, size_t cap)
-{
-    size_t n = 0;
-    out[n++] = '\'';
-    for (; *s && n + 6 < cap; s++) {
-        if (*s == '\'') {
-            memcpy(out + n, "'\\''", 4);
-            n += 4;
-        } else
-            out[n++] = *s;
-    }
-    out[n++] = '\'';
-    out[n] = 0;
-}
-
 START_TEST(test_golden_pipelines)
 {
     const golden_run *g = &runs[_i];
@@ -127,9 +94,9 @@ START_TEST(test_golden_pipelines)
     const char *spacing = cJSON_GetStringValue(cJSON_GetObjectItem(conf, "timestep_spacing"));
     const cJSON *karras = cJSON_GetObjectItem(conf, "use_karras_sigmas");
     char prompt[2048], negative[2048];
-    shq(cJSON_GetStringValue(cJSON_GetObjectItem(meta, "prompt")), prompt, sizeof prompt);
+    tu_shq(cJSON_GetStringValue(cJSON_GetObjectItem(meta, "prompt")), prompt, sizeof prompt);
     const char *neg = cJSON_GetStringValue(cJSON_GetObjectItem(meta, "negative_prompt"));
-    shq(neg ? neg : "", negative, sizeof negative); /* None: empty (SDXL zeroes it) */
+    tu_shq(neg ? neg : "", negative, sizeof negative); /* None: empty (SDXL zeroes it) */
 
     char dir[2048], noise_opt[4200] = "", cmd[16384];
     snprintf(dir, sizeof dir, "%s/golden%d", tu_tmpdir(), _i);

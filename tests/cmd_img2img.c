@@ -21,39 +21,6 @@
 #define SD1 "golden/sd1-tiny/model/sd1-tiny_f16.safetensors"
 #define SD1_INPAINT "golden/sd1-inpaint-tiny/model/sd1-inpaint-tiny_f16.safetensors"
 
-/* Shell-quote s into out (single quotes). */
-static void shq(const char *s, char *out, size_t cap)
-{
-    size_t n = 0;
-    out[n++] = '\'';
-    for (; *s && n + 6 < cap; s++) {
-        if (*s == '\'') {
-            memcpy(out + n, "'\\''", 4);
-            n += 4;
-        } else
-            out[n++] = *s;
-    }
-    out[n++] = '\'';
-    out[n] = 0;
-}
-
-/* Exit status and a one-line `stipple: error:` message on stderr. */
-static void expect_error(const char *args, int want_rc, const char *needle)
-{
-    char cmd[8192], *out = NULL, *err = NULL;
-    snprintf(cmd, sizeof cmd, "'%s' %s", tu_stipple(), args);
-    int rc = tu_run(cmd, &out, &err);
-    ck_assert_msg(rc == want_rc, "stipple %s: exit %d, want %d; stderr: %s", args, rc, want_rc,
-                  err ? err : "");
-    ck_assert_msg(err && !strncmp(err, "stipple: error: ", 16), "stipple %s: stderr not an error line: %s",
-                  args, err ? err : "");
-    const char *nl = strchr(err, '\n');
-    ck_assert_msg(nl && nl[1] == 0, "stipple %s: error is not exactly one line: %s", args, err);
-    if (needle) ck_assert_msg(strstr(err, needle), "stipple %s: error lacks \"%s\": %s", args, needle, err);
-    cm_free(out);
-    cm_free(err);
-}
-
 /* Run stipple with args; must succeed. stderr returned (cm_alloc'd) if wanted. */
 static void run_ok(const char *args, char **err_out)
 {
@@ -127,9 +94,9 @@ START_TEST(test_golden_img2img)
     double seed = cJSON_GetObjectItem(cJSON_GetObjectItem(meta, "rng"), "seed")->valuedouble;
     int inpaint = !strcmp(g->cmd, "inpaint");
     char prompt[2048], negative[2048], sopt[64] = "", mopt[4200] = "", rel[512];
-    shq(cJSON_GetStringValue(cJSON_GetObjectItem(meta, "prompt")), prompt, sizeof prompt);
+    tu_shq(cJSON_GetStringValue(cJSON_GetObjectItem(meta, "prompt")), prompt, sizeof prompt);
     const char *neg = cJSON_GetStringValue(cJSON_GetObjectItem(meta, "negative_prompt"));
-    shq(neg ? neg : "", negative, sizeof negative);
+    tu_shq(neg ? neg : "", negative, sizeof negative);
     if (g->pass_strength) snprintf(sopt, sizeof sopt, "--strength %.17g", strength);
     if (inpaint) {
         snprintf(rel, sizeof rel, "%s/inpaint_mask.png", g->dir);
@@ -252,42 +219,42 @@ START_TEST(test_bad_inputs)
     const char *img = tu_data("images/i2i_rgb.png"), *mask = tu_data("images/i2i_mask.png");
     const char *m = tu_data(SD1);
 
-    expect_error("img2img -p x", 2, "-i IMAGE is required");
+    tu_expect_error("img2img -p x", 2, "-i IMAGE is required");
     snprintf(args, sizeof args, "inpaint -p x -i '%s'", img);
-    expect_error(args, 2, "--mask MASK is required");
-    expect_error("txt2img -p x --strength 0.5", 2, "--strength");
-    expect_error("txt2img -p x -i foo.png", 2, "-i");
+    tu_expect_error(args, 2, "--mask MASK is required");
+    tu_expect_error("txt2img -p x --strength 0.5", 2, "--strength");
+    tu_expect_error("txt2img -p x -i foo.png", 2, "-i");
     snprintf(args, sizeof args, "img2img -p x -i '%s' --strength 1.5", img);
-    expect_error(args, 2, "--strength");
+    tu_expect_error(args, 2, "--strength");
     snprintf(args, sizeof args, "img2img -p x -i '%s' --strength 0.05 --steps 10", img);
-    expect_error(args, 2, "runs no step");
+    tu_expect_error(args, 2, "runs no step");
     snprintf(args, sizeof args, "img2img -p x -i '%s' --encode-mode mode", img);
-    expect_error(args, 2, "--encode-mode");
+    tu_expect_error(args, 2, "--encode-mode");
     snprintf(args, sizeof args, "inpaint -p x -i '%s' --mask '%s' --mask-blur -1", img, mask);
-    expect_error(args, 2, "--mask-blur");
+    tu_expect_error(args, 2, "--mask-blur");
     /* files that are not images */
     snprintf(args, sizeof args, "inpaint -m '%s' -p x -i '%s' --mask '%s' --quiet", m, img, notimg);
-    expect_error(args, 1, "--mask");
+    tu_expect_error(args, 1, "--mask");
     snprintf(args, sizeof args, "inpaint -m '%s' -p x -i '%s' --mask '%s' --quiet", m, img, empty);
-    expect_error(args, 1, "empty.png");
+    tu_expect_error(args, 1, "empty.png");
     snprintf(args, sizeof args, "img2img -m '%s' -p x -i '%s' --quiet", m, empty);
-    expect_error(args, 1, "empty.png");
+    tu_expect_error(args, 1, "empty.png");
     snprintf(args, sizeof args, "img2img -m '%s' -p x -i '%s' --quiet", m, notimg);
-    expect_error(args, 1, "not_an_image.png");
+    tu_expect_error(args, 1, "not_an_image.png");
     snprintf(args, sizeof args, "img2img -m '%s' -p x -i '%s' --quiet", m, tu_data("images/truncated.png"));
-    expect_error(args, 1, "truncated.png");
+    tu_expect_error(args, 1, "truncated.png");
     snprintf(args, sizeof args, "img2img -m '%s' -p x -i /nonexistent/in.png --quiet", m);
-    expect_error(args, 1, "/nonexistent/in.png");
+    tu_expect_error(args, 1, "/nonexistent/in.png");
     /* sizes: refused before the model is loaded */
     snprintf(args, sizeof args, "img2img -m /nonexistent/model -p x -i '%s' --quiet", tu_data("images/one.png"));
-    expect_error(args, 2, "too small");
+    tu_expect_error(args, 2, "too small");
     snprintf(args, sizeof args, "img2img -m /nonexistent/model -p x -i '%s' --quiet",
              tu_data("images/wide_100000x10.png"));
-    expect_error(args, 2, "too large");
+    tu_expect_error(args, 2, "too large");
     /* a size that fits 8 but not the tiny model's 16: rounded down, then
      * -W not a multiple of 16 is refused */
     snprintf(args, sizeof args, "img2img -m '%s' -p x -i '%s' -W 40 -H 32 --quiet", m, img);
-    expect_error(args, 2, "multiple");
+    tu_expect_error(args, 2, "multiple");
 }
 END_TEST
 
@@ -303,7 +270,7 @@ START_TEST(test_input_not_replaced)
     ck_assert(cm_file_write_atomic(copy, data, n, 1, &e) == CM_OK);
     snprintf(args, sizeof args, "img2img -m '%s' -p x -i '%s' -o '%s' --overwrite --steps 2 --quiet",
              tu_data(SD1), copy, copy);
-    expect_error(args, 2, "never replaced");
+    tu_expect_error(args, 2, "never replaced");
     char *after = NULL;
     size_t n2 = 0;
     ck_assert(cm_file_read_all(copy, &after, &n2, &e) == CM_OK);

@@ -246,3 +246,34 @@ void tu_sha256_hex(const void *data, size_t n, char hex[65])
     wt_sha256_final(&s, d);
     for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", d[i]);
 }
+
+void tu_shq(const char *s, char *out, size_t cap)
+{
+    size_t n = 0;
+    out[n++] = '\'';
+    for (; *s && n + 6 < cap; s++) {
+        if (*s == '\'') {
+            memcpy(out + n, "'\\''", 4);
+            n += 4;
+        } else
+            out[n++] = *s;
+    }
+    out[n++] = '\'';
+    out[n] = 0;
+}
+
+void tu_expect_error(const char *args, int want_rc, const char *needle)
+{
+    char cmd[8192], *out = NULL, *err = NULL;
+    snprintf(cmd, sizeof cmd, "'%s' %s", tu_stipple(), args);
+    int rc = tu_run(cmd, &out, &err);
+    ck_assert_msg(rc == want_rc, "stipple %s: exit %d, want %d; stderr: %s", args, rc, want_rc,
+                  err ? err : "");
+    ck_assert_msg(err && !strncmp(err, "stipple: error: ", 16), "stipple %s: stderr not an error line: %s",
+                  args, err ? err : "");
+    const char *nl = strchr(err, '\n');
+    ck_assert_msg(nl && nl[1] == 0, "stipple %s: error is not exactly one line: %s", args, err);
+    if (needle) ck_assert_msg(strstr(err, needle), "stipple %s: error lacks \"%s\": %s", args, needle, err);
+    cm_free(out);
+    cm_free(err);
+}

@@ -50,4 +50,10 @@ const char *tu_st_edit(const char *src, const char *name, void (*fn)(cJSON *hdr,
 /* SHA-256 of n bytes as 64 hex digits + NUL (weights/sha256.c). */
 void tu_sha256_hex(const void *data, size_t n, char hex[65]);
 
+/* Shell-quote s into out with single quotes. */
+void tu_shq(const char *s, char *out, size_t cap);
+/* Run `stipple ARGS`: exit status want_rc, stderr exactly one line
+ * starting `stipple: error: ` and containing needle (when not NULL). */
+void tu_expect_error(const char *args, int want_rc, const char *needle);
+
 #endif
