@@ -20,6 +20,7 @@
 #include <string.h>
 
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define KN_HAVE_F16C 1
 #else
@@ -57,8 +58,10 @@ static int have_f16c(void)
 {
     static int have = -1;
     if (have < 0) {
-        __builtin_cpu_init();
-        have = __builtin_cpu_supports("f16c") && cm_isa_level() >= 1;
+        /* CPUID.1:ECX bit 29 (clang 14's __builtin_cpu_supports does not
+         * know "f16c"). */
+        unsigned a, b, c, d;
+        have = __get_cpuid(1, &a, &b, &c, &d) && (c >> 29 & 1) && cm_isa_level() >= 1;
     }
     return have;
 }
