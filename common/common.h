@@ -225,6 +225,9 @@ cm_status cm_npy_write(const char *path, const cm_tensor *t, cm_error *err);
  * On any failure nothing is left behind. */
 cm_status cm_file_write_atomic(const char *path, const void *data, size_t n, int overwrite,
                                cm_error *err);
+/* write(2) until all n bytes are out, retrying EINTR; a zero-byte write
+ * counts as ENOSPC. Returns 0, or -1 with errno set. */
+int cm_write_all(int fd, const void *data, size_t n);
 /* Read a whole file (NUL-terminated for convenience; *n excludes the NUL). */
 cm_status cm_file_read_all(const char *path, char **data, size_t *n, cm_error *err);
 

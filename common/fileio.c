@@ -52,7 +52,7 @@ cm_status cm_file_read_all(const char *path, char **data, size_t *n, cm_error *e
     return CM_OK;
 }
 
-static int write_all(int fd, const void *data, size_t n)
+int cm_write_all(int fd, const void *data, size_t n)
 {
     const char *p = data;
     while (n > 0) {
@@ -92,7 +92,7 @@ cm_status cm_file_write_atomic(const char *path, const void *data, size_t n, int
         return st;
     }
     fchmod(fd, 0644 & ~(mode_t)0); /* mkstemp makes 0600; images are for sharing */
-    if (write_all(fd, data, n) != 0 || fsync(fd) != 0) {
+    if (cm_write_all(fd, data, n) != 0 || fsync(fd) != 0) {
         int e = errno;
         close(fd);
         unlink(tmp);

@@ -75,17 +75,6 @@ static int count_layers(const wt_model *m, const char *prefix, int openclip)
     return n;
 }
 
-#define REQ1(dst, n0, ...)                                                                \
-    do {                                                                                  \
-        int64_t s_[1] = {(n0)};                                                           \
-        if (!((dst) = wt_model_requiref(m, err, 1, s_, __VA_ARGS__))) goto fail;         \
-    } while (0)
-#define REQ2(dst, n0, n1, ...)                                                            \
-    do {                                                                                  \
-        int64_t s_[2] = {(n0), (n1)};                                                     \
-        if (!((dst) = wt_model_requiref(m, err, 2, s_, __VA_ARGS__))) goto fail;         \
-    } while (0)
-
 te_clip *te_clip_create(const wt_model *m, const char *prefix, const char *section, cm_error *err)
 {
     te_clip *c = cm_calloc(sizeof *c, "CLIP text encoder", err);

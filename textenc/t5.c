@@ -112,17 +112,6 @@ struct te_t5 {
     t5_block *block;
 };
 
-#define REQ1(dst, n0, ...)                                                                \
-    do {                                                                                  \
-        int64_t s_[1] = {(n0)};                                                           \
-        if (!((dst) = wt_model_requiref(m, err, 1, s_, __VA_ARGS__))) goto fail;         \
-    } while (0)
-#define REQ2(dst, n0, n1, ...)                                                            \
-    do {                                                                                  \
-        int64_t s_[2] = {(n0), (n1)};                                                     \
-        if (!((dst) = wt_model_requiref(m, err, 2, s_, __VA_ARGS__))) goto fail;         \
-    } while (0)
-
 te_t5 *te_t5_create(const wt_model *m, const char *prefix, const char *section, cm_error *err)
 {
     te_t5 *t = cm_calloc(sizeof *t, "T5 encoder", err);

@@ -150,4 +150,18 @@ cm_status te_sd3_encode_pair(te_sd3 *s, const te_tokenizer *tok, const char *pro
                              const char *negative, int clip_skip, te_cond *cond, te_cond *uncond,
                              cm_error *err);
 
+/* Tensor lookups inside a *_create function that has `m` (the model),
+ * `err` and a `fail:` label: a missing tensor or a wrong shape is an
+ * error naming the tensor. */
+#define REQ1(dst, n0, ...)                                                                \
+    do {                                                                                  \
+        int64_t s_[1] = {(n0)};                                                           \
+        if (!((dst) = wt_model_requiref(m, err, 1, s_, __VA_ARGS__))) goto fail;         \
+    } while (0)
+#define REQ2(dst, n0, n1, ...)                                                            \
+    do {                                                                                  \
+        int64_t s_[2] = {(n0), (n1)};                                                     \
+        if (!((dst) = wt_model_requiref(m, err, 2, s_, __VA_ARGS__))) goto fail;         \
+    } while (0)
+
 #endif

@@ -570,22 +570,6 @@ static char *make_header(const table *t, size_t *len)
     return h;
 }
 
-static int write_all(int fd, const void *data, size_t n)
-{
-    const char *p = data;
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) {
-            if (w == 0) errno = ENOSPC;
-            return -1;
-        }
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 #define CHUNK ((int64_t)1 << 22) /* elements generated per parallel pass */
 
 /* Streams every tensor to fd (fd < 0: a dry run, nothing written, tensors
@@ -613,7 +597,7 @@ static int write_data(int fd, table *t, uint64_t seed, int hash, uint64_t total_
                 int64_t m = n - a < CHUNK ? n - a : CHUNK;
                 gen_f16(state0, mean, std, a, m, buf);
                 if (hash) wt_sha256_update(&sh, buf, (size_t)m * 2);
-                if (fd >= 0 && write_all(fd, buf, (size_t)m * 2)) goto fail;
+                if (fd >= 0 && cm_write_all(fd, buf, (size_t)m * 2)) goto fail;
             }
         } else {
             /* exact tensors: at most 1000 values */
@@ -630,7 +614,7 @@ static int write_data(int fd, table *t, uint64_t seed, int hash, uint64_t total_
                 ldm_schedule(e->name, u.f);
             }
             if (hash) wt_sha256_update(&sh, &u, nb);
-            if (fd >= 0 && write_all(fd, &u, nb)) goto fail;
+            if (fd >= 0 && cm_write_all(fd, &u, nb)) goto fail;
         }
         if (hash) wt_sha256_final(&sh, e->sha);
         done += (uint64_t)n * (uint64_t)TTYPE_SIZE[e->type];
@@ -892,7 +876,7 @@ int main(int argc, char **argv)
     unsigned char le[8];
     for (int i = 0; i < 8; i++) le[i] = (unsigned char)((uint64_t)hlen >> (8 * i));
     int rc = 1;
-    if (write_all(fd, le, 8) || write_all(fd, header, hlen) ||
+    if (cm_write_all(fd, le, 8) || cm_write_all(fd, header, hlen) ||
         write_data(fd, &t, seed, manifest != NULL, off, INT64_MAX) || fsync(fd)) {
         fprintf(stderr, "mkckpt: error: %s: write failed: %s\n", out, strerror(errno));
         close(fd);
