@@ -218,9 +218,10 @@ static cm_status get_cond(cmd_models *cm, cmd_cond_cache *cache, const cmd_job *
     cache->clip_skip = job->clip_skip;
     cm_status st = te_encode_pair(cm->te, job->prompt, neg, job->clip_skip, &cache->cond,
                                   &cache->uncond, err);
-    /* The text encoder's packed weights are not needed until the next
-     * prompt: give their memory to the denoiser. */
+    /* The text encoder's packed and mapped weights are not needed until
+     * the next prompt: give their memory to the denoiser. */
     cm_pack_cache_clear();
+    if (wt_model_mapped_bytes(cm->m) >= WT_DROP_MIN_BYTES) wt_model_drop(cm->m);
     if (st) return st;
     cache->valid = 1;
     return CM_OK;
@@ -350,11 +351,26 @@ static int all_finite(const float *v, int64_t n)
     return 1;
 }
 
+/* Stage residency for large models: the denoiser's packed panels and its
+ * mapped weights are given back before the VAE runs, and the VAE's after,
+ * so peak RSS is the largest stage, not the sum (#7). Small models (the
+ * built-in one) keep their panels across images. */
+static void release_stage(const cmd_models *cm)
+{
+    if (wt_model_mapped_bytes(cm->m) < WT_DROP_MIN_BYTES) return;
+    cm_pack_cache_clear();
+    wt_model_drop(cm->m);
+}
+
 static cm_status decode_once(cmd_models *cm, const cmd_job *job, const float *z, int h, int w,
                              float *img, cm_error *err)
 {
-    return job->vae_tile > 0 ? vae_decode_tiled(cm->vae, z, 1, h, w, job->vae_tile, job->vae_tile / 4, img, err)
-                             : vae_decode(cm->vae, z, 1, h, w, img, err);
+    release_stage(cm);
+    cm_status st = job->vae_tile > 0
+                       ? vae_decode_tiled(cm->vae, z, 1, h, w, job->vae_tile, job->vae_tile / 4, img, err)
+                       : vae_decode(cm->vae, z, 1, h, w, img, err);
+    release_stage(cm);
+    return st;
 }
 
 /* The SDXL VAE's known reduced-precision overflow (black / NaN images)

@@ -344,8 +344,10 @@ void cm_geglu(const float *x, float *y, int64_t M, int64_t N);
  * so the next call of the same layer (the next sampling step) skips
  * packing. Keyed by the weight view (data pointer, dtype, shape) and kernel
  * variant; each hit is checked against a fingerprint of the contents.
- * Bounded by a byte budget with LRU eviction: default 25 % of physical
- * memory, or env STIPPLE_PACK_CACHE_MB; 0 disables (and frees). Call
+ * Bounded by a byte budget (default 512 MiB, at most 25 % of physical
+ * memory; env STIPPLE_PACK_CACHE_MB; 0 disables and frees): layers are
+ * kept in the order they first run until the budget is full, never
+ * evicted for a newer one (every step runs the same cycle of layers). Call
  * cm_pack_cache_clear() when a model file is closed or a stage is done. */
 void cm_pack_cache_set_budget(size_t bytes);
 size_t cm_pack_cache_budget(void);

@@ -274,8 +274,8 @@ int cm_isa_force(const char *name)
  * resident memory for little. (SD 1.5 at 512x512, batch 2: the 8x8 layers,
  * ~1.1 GB of panels; the text encoder ~0.5 GB: the pipeline clears the
  * cache after encoding.) Bounded by a byte budget (default 512 MiB or 25 %
- * of physical memory if less; env STIPPLE_PACK_CACHE_MB, 0 disables) with
- * least-recently-used eviction. Kernels are called one at a time, but the
+ * of physical memory if less; env STIPPLE_PACK_CACHE_MB, 0 disables),
+ * filled first come, first kept (see pc_fits). Kernels are called one at a time, but the
  * table is still guarded by a critical section and entries in use are
  * never evicted.
  * ---------------------------------------------------------------------- */
@@ -373,18 +373,13 @@ static void pc_unlink_free(pc_entry *e)
     free(e);
 }
 
-/* Evict least-recently-used idle entries until `need` more bytes fit. */
-static int pc_make_room(size_t need)
-{
-    while (g_pc.used + need > g_pc.budget) {
-        pc_entry *lru = NULL;
-        for (pc_entry *e = g_pc.head; e; e = e->next)
-            if (!e->refs && (!lru || e->last_use < lru->last_use)) lru = e;
-        if (!lru) return 0;
-        pc_unlink_free(lru);
-    }
-    return 1;
-}
+/* Whether `need` more bytes fit. Nothing is evicted to make room: the
+ * layers run in the same cycle at every step, and least-recently-used
+ * eviction of a cycle longer than the budget evicts each entry just before
+ * its next use (0 % hits, the whole budget resident for nothing); keeping
+ * the first layers that fit hits on every one of them. The pipeline clears
+ * the cache between stages. */
+static int pc_fits(size_t need) { return g_pc.used + need <= g_pc.budget; }
 
 /* A cached, still-valid panel set for the job (refs taken), or NULL. */
 static pc_entry *pc_lookup(const cm_gemm_job *jb, int nr, uint64_t fp)
@@ -419,7 +414,7 @@ static pc_entry *pc_insert(const cm_gemm_job *jb, int nr, uint64_t fp, float *pa
     pc_entry *e = NULL;
 #pragma omp critical(cm_pack_cache)
     {
-        if (bytes <= g_pc.budget && pc_make_room(bytes)) {
+        if (pc_fits(bytes)) {
             e = calloc(1, sizeof *e);
             if (e) {
                 e->data = jb->w->data;
@@ -465,7 +460,14 @@ void cm_pack_cache_set_budget(size_t bytes)
     {
         pc_init();
         g_pc.budget = bytes;
-        pc_make_room(0);
+        /* a lower budget frees idle entries, newest first, until it holds */
+        while (g_pc.used > g_pc.budget) {
+            pc_entry *newest = NULL;
+            for (pc_entry *e = g_pc.head; e; e = e->next)
+                if (!e->refs && (!newest || e->last_use > newest->last_use)) newest = e;
+            if (!newest) break;
+            pc_unlink_free(newest);
+        }
     }
 }
 

@@ -31,6 +31,18 @@ struct wt_model {
     int n_primary;             /* names [n_primary, n) are aliases; -1: none */
 };
 
+size_t wt_model_mapped_bytes(const wt_model *m)
+{
+    size_t n = 0;
+    for (int i = 0; m && i < m->nfiles; i++) n += wt_file_mapped_bytes(m->files[i]);
+    return n;
+}
+
+void wt_model_drop(const wt_model *m)
+{
+    for (int i = 0; m && i < m->nfiles; i++) wt_file_drop(m->files[i]);
+}
+
 const char *wt_family_name(wt_family f)
 {
     switch (f) {

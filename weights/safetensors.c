@@ -304,6 +304,15 @@ wt_file *wt_file_open(const char *path, cm_error *err)
     return f;
 }
 
+size_t wt_file_mapped_bytes(const wt_file *f) { return f && f->mapped ? f->size : 0; }
+
+void wt_file_drop(const wt_file *f)
+{
+    /* Only a map made here: MADV_DONTNEED on the caller's (anonymous)
+     * bytes of wt_file_open_mem would zero them. */
+    if (f && f->mapped && f->size) (void)madvise((void *)f->map, f->size, MADV_DONTNEED);
+}
+
 void wt_file_close(wt_file *f)
 {
     if (!f) return;

@@ -47,6 +47,13 @@ const cm_wview *wt_file_view_at(const wt_file *f, int i);
 const cm_wview *wt_file_find(const wt_file *f, const char *name);
 /* __metadata__ string value, or NULL. */
 const char *wt_file_metadata(const wt_file *f, const char *key);
+/* Bytes of the file held in a memory map (0 for wt_file_open_mem). */
+size_t wt_file_mapped_bytes(const wt_file *f);
+/* Give the map's resident pages back to the kernel (madvise DONTNEED on
+ * the read-only private mapping): the views stay valid and the next read
+ * faults the page in again from the page cache. Peak RSS then counts only
+ * the weights of the stage (or block) in use. No-op for in-memory files. */
+void wt_file_drop(const wt_file *f);
 
 /* ------------------------------------------------------------------------
  * A model: one or more files seen through canonical names
@@ -104,6 +111,15 @@ int wt_model_count_prefix(const wt_model *m, const char *prefix);
 const char *wt_model_hash(wt_model *m);
 /* File stem ("v1-5-pruned-emaonly"). */
 const char *wt_model_stem(const wt_model *m);
+/* Sum of wt_file_mapped_bytes over the model's files. */
+size_t wt_model_mapped_bytes(const wt_model *m);
+/* wt_file_drop on every file of the model: called between stages (text
+ * encoder -> denoiser -> VAE) and between the blocks of a large denoiser,
+ * so only the weights in use are resident. */
+void wt_model_drop(const wt_model *m);
+/* Below this many mapped bytes dropping saves too little to be worth the
+ * page faults (the built-in model, the tiny test models). */
+#define WT_DROP_MIN_BYTES ((size_t)256 << 20)
 
 /* ------------------------------------------------------------------------
  * Config helpers (JSON in diffusers field names)
