@@ -5,7 +5,7 @@
  * sd21 21, sdxl 10) the files are the very models behind the full-size
  * goldens, so full-size numerics can be checked without any download.
  *
- *   mkckpt --family sd15|sd21|sdxl [--seed N] [--manifest TSV] -o FILE.safetensors
+ *   mkckpt --family sd15|sd21|sdxl|sd3|t5xxl [--seed N] [--manifest TSV] -o FILE.safetensors
  *
  * The tensor table (names, shapes, dtypes) is derived here from the
  * architectures (LDM UNet / KL VAE / CLIP-L in HF naming / OpenCLIP in its
@@ -275,10 +275,12 @@ static void vae_mid(table *t, const char *p, int c)
     vae_res(t, b, c, c);
 }
 
-static void vae(table *t)
+/* zc latent channels; quant: the 1x1 quant_conv / post_quant_conv pair
+ * (SD 1/2/XL have it, SD3's 16-channel VAE does not). */
+static void vae(table *t, int zc, int quant)
 {
     static const int mult[4] = {1, 2, 4, 4};
-    const int base = 128, zc = 4;
+    const int base = 128;
     const char *E = "first_stage_model.encoder", *D = "first_stage_model.decoder";
     char b[160];
     convb(t, E, ".conv_in", base, 3, 3);
@@ -298,8 +300,10 @@ static void vae(table *t)
     vae_mid(t, E, ch);
     norm(t, E, ".norm_out", ch);
     convb(t, E, ".conv_out", 2 * zc, ch, 3);
-    convb(t, "first_stage_model.", "quant_conv", 2 * zc, 2 * zc, 1);
-    convb(t, "first_stage_model.", "post_quant_conv", zc, zc, 1);
+    if (quant) {
+        convb(t, "first_stage_model.", "quant_conv", 2 * zc, 2 * zc, 1);
+        convb(t, "first_stage_model.", "post_quant_conv", zc, zc, 1);
+    }
     ch = base * mult[3];
     convb(t, D, ".conv_in", ch, zc, 3);
     vae_mid(t, D, ch);
@@ -321,12 +325,13 @@ static void vae(table *t)
 
 /* --- text encoders ------------------------------------------------------- */
 
-/* CLIP ViT-L/14 text model in transformers' naming (SD1, SDXL encoder 1). */
-static void clip_hf(table *t, const char *p)
+/* CLIP text model in transformers' naming: ViT-L/14 (768 x 12, MLP 3072;
+ * SD1, SDXL encoder 1, SD3 clip_l) or bigG (1280 x 32, MLP 5120; SD3
+ * clip_g). position_ids only where the checkpoints store them (SD1/SDXL). */
+static void clip_hf_arch(table *t, const char *p, int w, int layers, int mlp, int position_ids)
 {
-    const int w = 768, layers = 12, mlp = 3072;
     char b[200];
-    add(t, T_I64, 2, S2(1, 77), "%sembeddings.position_ids", p);
+    if (position_ids) add(t, T_I64, 2, S2(1, 77), "%sembeddings.position_ids", p);
     mat(t, p, "embeddings.token_embedding.weight", 49408, w);
     mat(t, p, "embeddings.position_embedding.weight", 77, w);
     for (int l = 0; l < layers; l++) {
@@ -342,6 +347,8 @@ static void clip_hf(table *t, const char *p)
     }
     norm(t, p, "final_layer_norm", w);
 }
+
+static void clip_hf(table *t, const char *p) { clip_hf_arch(t, p, 768, 12, 3072, 1); }
 
 /* OpenCLIP text tower in its own naming (SD2: ViT-H 1024 x 24; SDXL
  * encoder 2: bigG 1280 x 32), all layers, text_projection and logit_scale. */
@@ -365,6 +372,64 @@ static void openclip(table *t, const char *p, int w, int layers)
     mat(t, p, "text_projection", w, w);
 }
 
+/* --- SD3 ---------------------------------------------------------------- */
+
+/* MMDiT of SD3 Medium (sd3_medium.safetensors naming): depth 24, width
+ * 64 x depth, patch 2, 16 latent channels, pos_embed 192 x 192, context
+ * 4096 (T5-XXL width), pooled 2048 (CLIP-L + bigG), MLP 4x; no affine
+ * LayerNorms; the last block's context stream is pre-only (adaLN shift and
+ * scale, qkv: no projection or MLP). */
+static void mmdit(table *t, int depth)
+{
+    const char *P = "model.diffusion_model.";
+    const int64_t D = 64 * depth, mlp = 4 * D, pm = 192, p = 2, cin = 16;
+    char b[200];
+    add(t, T_F16, 3, ((const int64_t[]){1, pm * pm, D}), "%spos_embed", P);
+    convb(t, P, "x_embedder.proj", D, cin, (int)p);
+    linear(t, P, "t_embedder.mlp.0", D, 256, 1);
+    linear(t, P, "t_embedder.mlp.2", D, D, 1);
+    linear(t, P, "y_embedder.mlp.0", D, 2048, 1);
+    linear(t, P, "y_embedder.mlp.2", D, D, 1);
+    linear(t, P, "context_embedder", D, 4096, 1);
+    for (int i = 0; i < depth; i++)
+        for (int s = 0; s < 2; s++) {
+            int pre = s == 1 && i == depth - 1;
+            snprintf(b, sizeof b, "%sjoint_blocks.%d.%s", P, i, s ? "context_block" : "x_block");
+            linear(t, b, ".adaLN_modulation.1", (pre ? 2 : 6) * D, D, 1);
+            linear(t, b, ".attn.qkv", 3 * D, D, 1);
+            if (pre) continue;
+            linear(t, b, ".attn.proj", D, D, 1);
+            linear(t, b, ".mlp.fc1", mlp, D, 1);
+            linear(t, b, ".mlp.fc2", D, mlp, 1);
+        }
+    linear(t, P, "final_layer.adaLN_modulation.1", 2 * D, D, 1);
+    linear(t, P, "final_layer.linear", p * p * cin, D, 1);
+}
+
+/* T5 v1.1 XXL encoder as t5xxl_fp16.safetensors stores it (no prefix;
+ * stipple's --t5xxl FILE): 24 blocks, d_model 4096, 64 heads x 64,
+ * gated-GELU d_ff 10240, relative position buckets (32) in block 0. */
+static void t5xxl(table *t)
+{
+    const int64_t d = 4096, ff = 10240, heads = 64, L = 24;
+    char b[200];
+    mat(t, "", "shared.weight", 32128, d);
+    for (int i = 0; i < L; i++) {
+        snprintf(b, sizeof b, "encoder.block.%d.layer.", i);
+        mat(t, b, "0.SelfAttention.q.weight", d, d);
+        mat(t, b, "0.SelfAttention.k.weight", d, d);
+        mat(t, b, "0.SelfAttention.v.weight", d, d);
+        mat(t, b, "0.SelfAttention.o.weight", d, d);
+        if (i == 0) mat(t, b, "0.SelfAttention.relative_attention_bias.weight", 32, heads);
+        vec(t, b, "0.layer_norm.weight", d);
+        mat(t, b, "1.DenseReluDense.wi_0.weight", ff, d);
+        mat(t, b, "1.DenseReluDense.wi_1.weight", ff, d);
+        mat(t, b, "1.DenseReluDense.wo.weight", d, ff);
+        vec(t, b, "1.layer_norm.weight", d);
+    }
+    vec(t, "", "encoder.final_layer_norm.weight", d);
+}
+
 static const char *const SCHEDULE_KEYS[12] = {
     "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
     "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
@@ -376,19 +441,31 @@ static int build_table(const char *family, table *t)
     if (!strcmp(family, "sd15")) {
         unet_arch a = {320, 4, {1, 2, 4, 4}, {1, 1, 1, 0}, 1, 768, 0, 0};
         unet(t, &a);
-        vae(t);
+        vae(t, 4, 1);
         clip_hf(t, "cond_stage_model.transformer.text_model.");
     } else if (!strcmp(family, "sd21")) {
         unet_arch a = {320, 4, {1, 2, 4, 4}, {1, 1, 1, 0}, 1, 1024, 1, 0};
         unet(t, &a);
-        vae(t);
+        vae(t, 4, 1);
         openclip(t, "cond_stage_model.model.", 1024, 24);
     } else if (!strcmp(family, "sdxl")) {
         unet_arch a = {320, 3, {1, 2, 4}, {0, 2, 10}, 10, 2048, 1, 2816};
         unet(t, &a);
-        vae(t);
+        vae(t, 4, 1);
         clip_hf(t, "conditioner.embedders.0.transformer.text_model.");
         openclip(t, "conditioner.embedders.1.model.", 1280, 32);
+        return 0;
+    } else if (!strcmp(family, "sd3")) {
+        /* sd3_medium_incl_clips.safetensors: MMDiT + VAE + CLIP-L + bigG
+         * (T5-XXL in its own file: --family t5xxl, stipple --t5xxl) */
+        mmdit(t, 24);
+        vae(t, 16, 0);
+        clip_hf_arch(t, "text_encoders.clip_l.transformer.text_model.", 768, 12, 3072, 0);
+        clip_hf_arch(t, "text_encoders.clip_g.transformer.text_model.", 1280, 32, 5120, 0);
+        mat(t, "text_encoders.clip_g.transformer.", "text_projection.weight", 1280, 1280);
+        return 0;
+    } else if (!strcmp(family, "t5xxl")) {
+        t5xxl(t);
         return 0;
     } else {
         return -1;
@@ -734,11 +811,13 @@ static int check_manifest(const char *path, const table *t, int hashed)
 static void usage(FILE *fp)
 {
     fprintf(fp,
-            "usage: mkckpt --family sd15|sd21|sdxl [--seed N] [--manifest TSV] [--list] [--size]\n"
+            "usage: mkckpt --family sd15|sd21|sdxl|sd3|t5xxl [--seed N] [--manifest TSV] [--list] [--size]\n"
             "              [--dry-run [--max-numel N]] [--overwrite] -o FILE.safetensors\n"
             "Writes a random-weight F16 checkpoint with the exact tensor names and shapes of\n"
             "SD 1.5 / SD 2.1-768 / SDXL base, filled by the procedural generator of the\n"
-            "full-size goldens (default seeds: sd15 15, sd21 21, sdxl 10 = the golden models).\n"
+            "full-size goldens (default seeds: sd15 15, sd21 21, sdxl 10 = the golden models);\n"
+            "sd3: SD3 Medium with CLIP-L and bigG (sd3_medium_incl_clips layout, seed 3),\n"
+            "t5xxl: the T5 v1.1 XXL encoder file for --t5xxl (seed 5); no goldens for these.\n"
             "  --manifest TSV  check names, dtypes, shapes and per-tensor SHA-256 against a\n"
             "                  weights_manifest.tsv (exit 1 on any difference)\n"
             "  --list          print the tensor table (name dtype shape) and exit\n"
@@ -795,14 +874,19 @@ int main(int argc, char **argv)
     }
     table t = {0};
     if (build_table(family, &t)) {
-        fprintf(stderr, "mkckpt: error: --family: expected sd15, sd21 or sdxl, got %s\n", family);
+        fprintf(stderr, "mkckpt: error: --family: expected sd15, sd21, sdxl, sd3 or t5xxl, got %s\n", family);
         return 2;
     }
     if (t.overflow) {
         fprintf(stderr, "mkckpt: error: a tensor name is too long (bug)\n");
         return 1;
     }
-    if (!have_seed) seed = !strcmp(family, "sd15") ? 15 : !strcmp(family, "sd21") ? 21 : 10;
+    if (!have_seed)
+        seed = !strcmp(family, "sd15")   ? 15
+               : !strcmp(family, "sd21") ? 21
+               : !strcmp(family, "sdxl") ? 10
+               : !strcmp(family, "sd3")  ? 3
+                                         : 5;
     qsort(t.e, (size_t)t.n, sizeof *t.e, cmp_entry);
     uint64_t off = 0, values = 0;
     for (int i = 0; i < t.n; i++) {
