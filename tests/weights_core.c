@@ -9,6 +9,7 @@
 #include "testutil.h"
 #include "weights_internal.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -292,6 +293,73 @@ START_TEST(test_open_single)
     ck_assert(wt_model_require(m, "model.diffusion_model.nope", 1, shape, &err) == NULL);
     ck_assert_msg(strstr(err.msg, "nope") && strstr(err.msg, "missing"), "%s", err.msg);
     wt_model_close(m);
+}
+END_TEST
+
+/* Resident set size of this process in bytes (/proc/self/statm). */
+static long rss_bytes(void)
+{
+    long size = 0, res = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f) return -1;
+    if (fscanf(f, "%ld %ld", &size, &res) != 2) res = -1;
+    fclose(f);
+    return res < 0 ? -1 : res * sysconf(_SC_PAGESIZE);
+}
+
+/* wt_file_drop / wt_model_drop (#7, stage residency): reading a 64 MiB
+ * tensor makes it resident; dropping gives it back (RSS falls by most of
+ * it) and the view still reads the same values afterwards. A file opened
+ * from memory is never touched (madvise would zero anonymous bytes). */
+START_TEST(test_drop_mapped_weights)
+{
+    const int64_t n = (int64_t)16 << 20; /* float32 values: 64 MiB */
+    float *vals = malloc((size_t)n * sizeof(float));
+    ck_assert_ptr_nonnull(vals);
+    for (int64_t i = 0; i < n; i++) vals[i] = (float)(i % 1000003) * 0.5f;
+    char hdr[160];
+    snprintf(hdr, sizeof hdr, "{\"w\":{\"dtype\":\"F32\",\"shape\":[%lld],\"data_offsets\":[0,%lld]}}",
+             (long long)n, (long long)(n * 4));
+    const char *path = tu_st_write("drop.safetensors", hdr, 0, vals, (size_t)n * sizeof(float));
+    cm_error err = {0};
+    wt_file *f = wt_file_open(path, &err);
+    ck_assert_msg(f != NULL, "%s", err.msg);
+    ck_assert_uint_ge(wt_file_mapped_bytes(f), (size_t)n * 4);
+    const cm_wview *w = wt_file_find(f, "w");
+    ck_assert_ptr_nonnull(w);
+    long r0 = rss_bytes();
+    double sum = 0;
+    for (int64_t i = 0; i < n; i += 1024) sum += cm_wview_get(w, i); /* touch every page */
+    long r1 = rss_bytes();
+    ck_assert_msg(r1 - r0 > (long)(n * 4) * 9 / 10, "reading did not raise RSS (%ld -> %ld)", r0, r1);
+    wt_file_drop(f);
+    long r2 = rss_bytes();
+    ck_assert_msg(r1 - r2 > (long)(n * 4) * 9 / 10, "drop did not lower RSS (%ld -> %ld)", r1, r2);
+    for (int64_t i = 0; i < n; i += 4099) ck_assert(cm_wview_get(w, i) == vals[i]);
+    double sum2 = 0;
+    for (int64_t i = 0; i < n; i += 1024) sum2 += cm_wview_get(w, i);
+    ck_assert(sum == sum2);
+    wt_file_close(f);
+
+    /* in memory: not a map, nothing dropped, values intact */
+    char small[160];
+    snprintf(small, sizeof small, "{\"w\":{\"dtype\":\"F32\",\"shape\":[1024],\"data_offsets\":[0,4096]}}");
+    size_t hl = strlen(small);
+    uint64_t hl64 = hl;
+    unsigned char *mem = malloc(8 + hl + 4096);
+    ck_assert_ptr_nonnull(mem);
+    memcpy(mem, &hl64, 8);
+    memcpy(mem + 8, small, hl);
+    memcpy(mem + 8 + hl, vals, 4096);
+    f = wt_file_open_mem(mem, 8 + hl + 4096, "mem", &err);
+    ck_assert_msg(f != NULL, "%s", err.msg);
+    ck_assert_uint_eq(wt_file_mapped_bytes(f), 0);
+    wt_file_drop(f);
+    w = wt_file_find(f, "w");
+    for (int i = 0; i < 1024; i++) ck_assert(cm_wview_get(w, i) == vals[i]);
+    wt_file_close(f);
+    free(mem);
+    free(vals);
 }
 END_TEST
 
@@ -649,6 +717,7 @@ TCase *tc_weights_core(void)
     TCase *tc = tu_tcase("weights_core");
     tcase_add_test(tc, test_sha256_vectors);
     tcase_add_test(tc, test_open_single);
+    tcase_add_test(tc, test_drop_mapped_weights);
     tcase_add_test(tc, test_detect_sd1);
     tcase_add_test(tc, test_detect_old_clip_names);
     tcase_add_test(tc, test_detect_sd2);
