@@ -59,11 +59,16 @@ def sample(net, ctx, x, steps, cfg):
     for t in ts:
         out = net.unet(torch.cat([x, x]), torch.tensor([t, t]), ctx)
         eu, ec = out.chunk(2)
-        eps = eu + cfg * (ec - eu)
+        out = eu + cfg * (ec - eu)
         a = acp[t]
         prev = t - ratio
         ap = acp[prev] if prev >= 0 else acp[0]
-        x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+        if M.PREDICTION == "v_prediction":
+            x0 = a.sqrt() * x - (1 - a).sqrt() * out
+            eps = a.sqrt() * out + (1 - a).sqrt() * x
+        else:
+            eps = out
+            x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
         x = ap.sqrt() * x0 + (1 - ap).sqrt() * eps
     return x
 

@@ -25,7 +25,9 @@ import torch.nn.functional as F
 
 # ------------------------------------------------------------ hyperparameters
 TE = dict(hidden=128, layers=2, heads=4, inter=512, vocab=49408, npos=77)
-UN = dict(cin=32, ch=(32, 64), heads=4, ctx=128)
+UN = dict(cin=32, ch=(64, 128), heads=4, ctx=128)
+# What the UNet predicts: "v_prediction" (v = sqrt(a) eps - sqrt(1-a) x0).
+PREDICTION = "v_prediction"
 
 
 # ---------------------------------------------------------------- CLIP text
@@ -298,7 +300,7 @@ def configs(scaling, shift):
            "scaling_factor": scaling, "shift_factor": shift, "force_upcast": False,
            "stipple_variant": "taef2", "image_range": [0, 1]}
     sched = {"_class_name": "DDIMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
-             "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "prediction_type": "epsilon",
+             "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "prediction_type": PREDICTION,
              "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1, "timestep_spacing": "leading",
              "rescale_betas_zero_snr": False, "trained_betas": None, "thresholding": False}
     return {"family": "sd1", "text_encoder": te, "unet": unet, "vae": vae, "scheduler": sched}
