@@ -26,7 +26,7 @@
 #include <omp.h>
 #endif
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(STIPPLE_PLAIN_C)
 #define CM_HAVE_X86 1
 #include <immintrin.h>
 #else

@@ -19,7 +19,7 @@
 #include <math.h>
 #include <string.h>
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(STIPPLE_PLAIN_C)
 #include <cpuid.h>
 #include <immintrin.h>
 #define KN_HAVE_F16C 1

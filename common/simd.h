@@ -61,7 +61,7 @@ int cm_isa_supported(const char *name);
  * portable, 1 AVX2 (also used when AVX-512 is chosen). Those loops are
  * written once as always_inline bodies and compiled twice. */
 int cm_isa_level(void);
-#if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(STIPPLE_PLAIN_C)
 #define CM_TARGET_AVX2 __attribute__((target("avx2,fma")))
 #define CM_HAVE_AVX2_CLONES 1
 #else

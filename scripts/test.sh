@@ -8,6 +8,8 @@
 #   2. the whole suite under AddressSanitizer + UndefinedBehaviorSanitizer,
 #      LeakSanitizer on (the allocation sweep's stipple runs included);
 #   3. one small end-to-end txt2img under valgrind (memcheck, leaks);
+#   3b. the whole suite again from a plain-C build (-Dsimd=false: no x86
+#      intrinsics, the portable kernels only — what ARM and old CPUs run);
 #   4. each libFuzzer target for STIPPLE_FUZZ_SECONDS (default 30) from its
 #      seed corpus tests/fuzz/seeds_<name>/.
 # Each tier prints its wall time at the end.
@@ -58,6 +60,14 @@ if [ "${CI:-}" = true ] || [ "${STIPPLE_FULL_TESTS:-}" = 1 ]; then
     exit 1
   fi
   tier "valgrind txt2img" $t
+
+  # 3b. Plain C: no AVX code compiled at all; every golden must still pass.
+  t=$SECONDS
+  [ -f build-plain/build.ninja ] || meson setup build-plain --buildtype=release -Dsimd=false \
+    -Dwerror=$werror >/dev/null
+  ninja -C build-plain
+  meson test -C build-plain --print-errorlogs
+  tier "plain-C suite" $t
 
   # 4. libFuzzer targets, a bounded time each. clang's C++ default is C++14;
   #    the SentencePiece headers need C++17.
