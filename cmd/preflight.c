@@ -3,13 +3,17 @@
  * Before the first buffer of a job is allocated, estimate the job's peak
  * resident memory and compare it with what the machine can give:
  *
- *   peak = mapped weights (every tensor of the components in use is read)
+ *   peak = mapped weights (every tensor of the components in use is read;
+ *          for models of WT_DROP_MIN_BYTES or more, which give each
+ *          block's pages back as they go (wt_model_drop), the tensors
+ *          outside numbered blocks plus twice the largest block, the VAE
+ *          counting as one block)
  *        + pipeline buffers (latents, model in/out, conditioning, decoded
  *          image, RGB8, PNG encoding) + sampler state
  *        + UNet working memory (df_unet_work_bytes; kept after sampling)
  *        + max(UNet kernel scratch, VAE working memory + VAE kernel scratch)
  *        + the GEMM's pack cache (packed panels kept across steps, at most
- *          its budget)
+ *          its budget; cleared before the VAE of a large model)
  *        + a fixed allowance for the program, libraries and tokenizer
  *
  * Kernel scratch follows common/gemm.c and common/kernels.c: the GEMM packs
@@ -122,24 +126,89 @@ static size_t mul_sat(size_t a, size_t b)
     return cm_mul_size(a, b, &r) ? r : SIZE_MAX;
 }
 
-/* Weights (bytes in the map), the GEMM's largest packed panel set and
- * all packed panels together (what the pack cache could hold). */
+/* The block a tensor belongs to, for the resident-weights estimate: the
+ * name up to its first all-digit component ("...input_blocks.4.",
+ * "...encoder.layers.12."), the whole VAE as one, or "" (not in a block). */
+static size_t block_key_len(const char *name)
+{
+    if (!strncmp(name, "first_stage_model.", 18)) return 18;
+    const char *p = name;
+    while ((p = strchr(p, '.'))) {
+        const char *q = ++p;
+        while (*q >= '0' && *q <= '9') q++;
+        if (q > p && (*q == '.' || !*q)) return (size_t)(q - name);
+    }
+    return 0;
+}
+
+/* Tables read by row (token / position embeddings, SD3's pos_embed is
+ * 3-D anyway), never packed for the GEMM. */
+static int is_lookup_table(const char *name)
+{
+    static const char *const suffix[] = {"token_embedding.weight", "position_embedding.weight",
+                                         "positional_embedding", "shared.weight",
+                                         "embed_tokens.weight"};
+    size_t n = strlen(name);
+    for (size_t i = 0; i < sizeof suffix / sizeof *suffix; i++) {
+        size_t k = strlen(suffix[i]);
+        if (n >= k && !strcmp(name + n - k, suffix[i])) return 1;
+    }
+    return 0;
+}
+
+typedef struct {
+    const char *name;
+    size_t len, bytes;
+} block_part;
+
+static int cmp_part(const void *a, const void *b)
+{
+    const block_part *x = a, *y = b;
+    size_t n = x->len < y->len ? x->len : y->len;
+    int c = memcmp(x->name, y->name, n);
+    return c ? c : (x->len > y->len) - (x->len < y->len);
+}
+
+/* Weights (bytes resident at the peak: see the file header), the GEMM's
+ * largest packed panel set and all packed panels together (what the pack
+ * cache could hold). */
 static void weight_bytes(const wt_model *m, size_t *weights, size_t *panels, size_t *packed)
 {
-    *weights = 0;
+    size_t total = 0, loose = 0, best = 0;
+    int n_parts = 0, count = wt_model_count(m);
+    block_part *parts = count > 0 ? malloc((size_t)count * sizeof *parts) : NULL;
     *panels = 0;
     *packed = 0;
-    for (int i = 0; i < wt_model_count(m); i++) {
+    for (int i = 0; i < count; i++) {
         const cm_wview *v = wt_model_view_at(m, i);
         int64_t n = cm_wview_numel(v);
         if (n <= 0) continue;
-        *weights = add_sat(*weights, mul_sat((size_t)n, cm_dtype_size(v->dtype)));
-        if (v->ndim >= 2 && v->shape[0] > 0) {
+        size_t b = mul_sat((size_t)n, cm_dtype_size(v->dtype));
+        total = add_sat(total, b);
+        const char *name = wt_model_name_at(m, i);
+        size_t kl = block_key_len(name);
+        if (!kl || !parts) loose = add_sat(loose, b);
+        else parts[n_parts++] = (block_part){name, kl, b};
+        if ((v->ndim == 2 || v->ndim == 4) && v->shape[0] > 0 && !is_lookup_table(name)) {
             size_t oc = (size_t)v->shape[0], k = (size_t)n / oc;
             size_t p = mul_sat(mul_sat((oc + 31) / 32 * 32, k), sizeof(float));
             if (p > *panels) *panels = p;
             *packed = add_sat(*packed, p);
         }
+    }
+    if (parts) qsort(parts, (size_t)n_parts, sizeof *parts, cmp_part);
+    for (int i = 0; i < n_parts;) {
+        size_t sum = 0;
+        int j = i;
+        while (j < n_parts && !cmp_part(&parts[i], &parts[j])) sum = add_sat(sum, parts[j++].bytes);
+        if (sum > best) best = sum;
+        i = j;
+    }
+    free(parts);
+    *weights = total;
+    if (wt_model_mapped_bytes(m) >= WT_DROP_MIN_BYTES) {
+        size_t r = add_sat(loose, mul_sat(best, 2));
+        if (r < total) *weights = r;
     }
 }
 
@@ -252,10 +321,15 @@ void cmd_mem_estimate(const cmd_mem_job *j, cmd_mem_plan *p)
         }
     }
 
-    size_t base = add_sat(add_sat(add_sat(add_sat(p->weights, p->buffers), p->unet), PF_OVERHEAD),
-                          p->pack_cache);
+    size_t base = add_sat(add_sat(add_sat(p->weights, p->buffers), p->unet), PF_OVERHEAD);
     size_t full = add_sat(p->vae, p->kernels_vae), tiled = add_sat(p->vae_tiled, p->kernels_vae_tiled);
-    size_t ku = p->kernels_unet;
+    size_t ku = add_sat(p->kernels_unet, p->pack_cache);
+    /* Small models keep their packed panels through the VAE decode; large
+     * ones clear them first (cmd/pipeline.c release_stage). */
+    if (wt_model_mapped_bytes(j->m) < WT_DROP_MIN_BYTES) {
+        full = add_sat(full, p->pack_cache);
+        tiled = add_sat(tiled, p->pack_cache);
+    }
     p->total = add_sat(base, full > ku ? full : ku);
     p->total_tiled = add_sat(base, tiled > ku ? tiled : ku);
     p->overhead = PF_OVERHEAD;
