@@ -16,7 +16,7 @@ Writes a contact sheet of the first 32 prompts with captions and prints
 the figures (also as JSON with --json).
 
 Usage: /usr/bin/python3 tools/eval_builtin.py [--stipple build/cmd/stipple]
-       [--n 256] [--sheet weights/builtin/contact_sheet.png]
+       [--n 256] [--sheet weights/builtin/contact_sheet.png] [--model FILE]
 """
 import argparse
 import json
@@ -60,6 +60,7 @@ def main():
     ap.add_argument("--sheet", default=os.path.join(ROOT, "weights/builtin/contact_sheet.png"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--model", help="a model file to evaluate instead of the built-in one (e.g. a mid-training export)")
     args = ap.parse_args()
     meta = json.load(open(os.path.join(args.data, "data.json")))
     neutral_imgs = np.load(os.path.join(args.data, "data.npz"))["neutral"]
@@ -78,8 +79,11 @@ def main():
         for p in prompts:
             f.write("--prompt \"%s\" --seed %d\n" % (p.replace('"', ""), args.seed))
     t0 = time.time()
-    subprocess.run([args.stipple, "txt2img", "--from-file", pf, "-o", os.path.join(tmp, "{index}.png"),
-                    "--threads", str(args.threads), "--quiet"], check=True, stdout=subprocess.DEVNULL)
+    cmd = [args.stipple, "txt2img", "--from-file", pf, "-o", os.path.join(tmp, "{index}.png"),
+           "--threads", str(args.threads), "--quiet"]
+    if args.model:
+        cmd += ["-m", args.model]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     secs = time.time() - t0
     gallery = np.stack([feat(x) for x in neutral_imgs])
     ok_bg, top1, top5, imgs = 0, 0, 0, []
