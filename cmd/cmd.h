@@ -124,7 +124,9 @@ size_t cmd_mem_available(const char **source);
 int cmd_parse_size(const char *s, size_t *out);
 /* Compare the estimate with max_memory (0: cmd_mem_available). Fits:
  * CM_OK, *tiled 0. Fits only with tiled VAE decoding: CM_OK, *tiled 1 and
- * a note on stderr. Neither: CM_ERR_NOMEM, the estimate in the message. */
-cm_status cmd_preflight(const cmd_mem_job *j, size_t max_memory, int *tiled, cm_error *err);
+ * a note on stderr. Neither: CM_ERR_NOMEM, the estimate in the message.
+ * *scratch (may be NULL): the kernel scratch the job needs at most. */
+cm_status cmd_preflight(const cmd_mem_job *j, size_t max_memory, int *tiled, size_t *scratch,
+                        cm_error *err);
 
 #endif

@@ -126,6 +126,7 @@ void cmd_models_free(cmd_models *cm)
 {
     if (!cm) return;
     cm_pack_cache_clear(); /* packed panels of weights about to be unmapped */
+    cm_scratch_release();
     df_schedule_release(&cm->sched);
     vae_free(cm->vae);
     df_unet_free(cm->unet);
@@ -359,6 +360,7 @@ static void release_stage(const cmd_models *cm)
 {
     if (wt_model_mapped_bytes(cm->m) < WT_DROP_MIN_BYTES) return;
     cm_pack_cache_clear();
+    cm_scratch_trim();
     wt_model_drop(cm->m);
 }
 

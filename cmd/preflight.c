@@ -349,11 +349,13 @@ static void fmt_bytes(size_t b, char *out, size_t cap)
     else snprintf(out, cap, "%.0f MiB", (double)b / MIB);
 }
 
-cm_status cmd_preflight(const cmd_mem_job *j, size_t max_memory, int *tiled, cm_error *err)
+cm_status cmd_preflight(const cmd_mem_job *j, size_t max_memory, int *tiled, size_t *scratch,
+                        cm_error *err)
 {
     *tiled = 0;
     cmd_mem_plan p;
     cmd_mem_estimate(j, &p);
+    if (scratch) *scratch = p.kernels_unet > p.kernels_vae ? p.kernels_unet : p.kernels_vae;
     const char *src = "--max-memory";
     size_t limit = max_memory;
     if (!limit) limit = cmd_mem_available(&src);
@@ -394,7 +396,11 @@ cm_status cmd_job_preflight(const cmd_models *cm, cmd_job *job, size_t max_memor
                       .with_image = job->mode != CMD_TXT2IMG, .mmdit = cm->mmdit,
                       .context_tokens = cm->context_tokens};
     int tiled = 0;
-    cm_status st = cmd_preflight(&mj, max_memory, &tiled, err);
-    if (!st) job->vae_tile = tiled ? cmd_vae_tile() : 0;
-    return st;
+    size_t scratch = 0;
+    cm_status st = cmd_preflight(&mj, max_memory, &tiled, &scratch, err);
+    if (st) return st;
+    job->vae_tile = tiled ? cmd_vae_tile() : 0;
+    /* The kernels' scratch, reserved now so that a job that starts cannot
+     * run out of memory inside a kernel (see cm_scratch_reserve). */
+    return cm_scratch_reserve(scratch, err);
 }

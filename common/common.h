@@ -113,6 +113,24 @@ long cm_alloc_count(void);
  * STIPPLE_FAIL_ALLOC). Off by default. */
 void cm_alloc_fail_fallible_only(int on);
 
+/* Kernel scratch: the compute kernels' temporary buffers (GEMM panels and
+ * per-thread blocks, attention K/V panels, norm statistics, bias vectors)
+ * are taken from one reserved region around each call and given back
+ * (in any order; never taken inside a parallel region). The pipeline
+ * reserves its pre-flight estimate before a job (cm_scratch_reserve: the
+ * only fallible step, an error record on failure), so a job that starts
+ * cannot run out of memory inside a kernel. A request the region cannot
+ * hold, or with nothing reserved, falls back to the heap, where failure
+ * is fatal (CM_ASSERT) because a kernel cannot report it. Not thread-safe:
+ * kernels are called one at a time (their parallelism is inside). */
+cm_status cm_scratch_reserve(size_t nbytes, cm_error *err); /* grows only */
+size_t cm_scratch_reserved(void);
+void *cm_scratch_take(size_t nbytes, int zero, const char *what);
+void cm_scratch_give(void *p);
+/* Give the region's pages back to the kernel (between stages). */
+void cm_scratch_trim(void);
+void cm_scratch_release(void);
+
 /* Arena: one block, bump allocation, everything freed at once. */
 typedef struct cm_arena cm_arena;
 cm_arena *cm_arena_create(size_t capacity, cm_error *err);

@@ -634,9 +634,14 @@ void cm_gemm_run(const cm_gemm_job *jb)
     int cacheable = jb->w && M <= PC_MAX_M && cm_pack_cache_budget() > 0;
     uint64_t fp = cacheable ? pc_fingerprint(jb->w) : 0;
     pc_entry *pce = cacheable ? pc_lookup(jb, nr, fp) : NULL;
-    float *bp = pce ? pce->panels : cm_alloc(bp_bytes, "gemm B panels", NULL);
+    /* Panels that may go into the cache are the cache's to free: heap
+     * (when that fails they are scratch and not cached); the rest scratch. */
+    float *bp = pce ? pce->panels : cacheable ? cm_alloc(bp_bytes, "gemm B panels", NULL) : NULL;
+    if (!pce && !bp) {
+        cacheable = 0;
+        bp = cm_scratch_take(bp_bytes, 0, "gemm B panels");
+    }
     const int need_pack = !pce;
-    CM_ASSERT(bp);
 
     /* Blocking: rows in blocks of MC, columns in blocks of ncp panels;
      * enough items that two per thread exist when the shape allows. None of
@@ -657,10 +662,9 @@ void cm_gemm_run(const cm_gemm_job *jb)
                                 : (size_t)(mc_blk * kc_blk);
     a_sz = (a_sz + 15) / 16 * 16;
     size_t c_sz = (size_t)(mc_blk * ncp * nr);
-    float *work = cm_alloc((size_t)nt * (a_sz + c_sz) * sizeof(float), "gemm work", NULL);
-    float *zeros = jb->bias ? NULL : cm_calloc((size_t)(gg * N) * sizeof(float), "gemm bias", NULL);
+    float *work = cm_scratch_take((size_t)nt * (a_sz + c_sz) * sizeof(float), 0, "gemm work");
+    float *zeros = jb->bias ? NULL : cm_scratch_take((size_t)(gg * N) * sizeof(float), 1, "gemm bias");
     const float *bias = jb->bias ? jb->bias : zeros;
-    CM_ASSERT(work && bias);
 
 #pragma omp parallel num_threads(nt)
     {
@@ -732,11 +736,13 @@ void cm_gemm_run(const cm_gemm_job *jb)
             }
         }
     }
-    cm_free(zeros);
-    cm_free(work);
+    cm_scratch_give(zeros);
+    cm_scratch_give(work);
     if (!pce && cacheable) pce = pc_insert(jb, nr, fp, bp, bp_bytes);
     if (pce)
         pc_release(pce);
-    else
+    else if (cacheable)
         cm_free(bp);
+    else
+        cm_scratch_give(bp);
 }

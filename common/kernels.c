@@ -139,8 +139,7 @@ static float *vec_f32(const cm_wview *w, int64_t n)
 {
     if (!w) return NULL;
     CM_ASSERT(cm_wview_numel(w) >= n);
-    float *f = cm_alloc((size_t)(n > 0 ? n : 1) * sizeof(float), "kernel vector", NULL);
-    CM_ASSERT(f);
+    float *f = cm_scratch_take((size_t)(n > 0 ? n : 1) * sizeof(float), 0, "kernel vector");
     cvt_strided(w, 0, n, 1, f, 1);
     return f;
 }
@@ -194,7 +193,7 @@ void cm_linear(const float *x, int64_t ldx, int64_t M, int64_t K, const cm_wview
     jb.res = residual;
     jb.w = w;
     cm_gemm_run(&jb);
-    cm_free(bf);
+    cm_scratch_give(bf);
 }
 
 /* GEGLU: job panel p = output panel p/2 of the a half (p even) or of the
@@ -234,7 +233,7 @@ void cm_linear_geglu(const float *x, int64_t ldx, int64_t M, int64_t K, const cm
     jb.ldy = ldy;
     jb.w = w;
     cm_gemm_run(&jb);
-    cm_free(bf);
+    cm_scratch_give(bf);
 }
 
 static void f32_packb(const cm_gemm_job *j, int64_t p, int nr, int valid, float *dst)
@@ -347,7 +346,7 @@ void cm_conv2d(const float *x, int B, int H, int W, int C, const cm_wview *w,
     jb.KH = KH;
     jb.KW = KW;
     cm_gemm_run(&jb);
-    cm_free(bf);
+    cm_scratch_give(bf);
 }
 
 /* ------------------------------------------------------------------------
@@ -438,7 +437,7 @@ void cm_upsample2x_conv3x3(const float *x, int B, int H, int W, int C, const cm_
         jb.up_px = ph & 1;
         cm_gemm_run(&jb);
     }
-    cm_free(bf);
+    cm_scratch_give(bf);
 }
 
 /* ------------------------------------------------------------------------
@@ -673,9 +672,8 @@ void cm_attention(const float *q, const float *k, const float *v, float *o, cons
     per = (per + 15) / 16 * 16;
     int nt = cm_par_threads(4.0 * p->B * p->heads * (double)p->Tq * p->Tk * hd);
     int64_t nkv = (int64_t)p->B * p->heads * c.nkb;
-    c.kv = cm_alloc((size_t)nkv * c.kv_blk * sizeof(float), "attention K/V panels", NULL);
-    float *work = cm_calloc((size_t)nt * per * sizeof(float), "attention work", NULL);
-    CM_ASSERT(work && c.kv);
+    c.kv = cm_scratch_take((size_t)nkv * c.kv_blk * sizeof(float), 0, "attention K/V panels");
+    float *work = cm_scratch_take((size_t)nt * per * sizeof(float), 1, "attention work");
     int qtn = (p->Tq + ATT_BQ - 1) / ATT_BQ;
     int64_t ntask = (int64_t)p->B * p->heads * qtn;
 
@@ -706,8 +704,8 @@ void cm_attention(const float *q, const float *k, const float *v, float *o, cons
             att_task(&c, q, o, bh / p->heads, bh % p->heads, qt * ATT_BQ, &bu);
         }
     }
-    cm_free(work);
-    cm_free(c.kv);
+    cm_scratch_give(work);
+    cm_scratch_give(c.kv);
 }
 
 /* ------------------------------------------------------------------------
@@ -786,15 +784,14 @@ void cm_group_norm(const float *x, float *y, int B, int64_t HW, int C, int group
     CM_ASSERT(cg * groups == C);
     int64_t nch = (HW + GN_CHUNK - 1) / GN_CHUNK;
     int64_t items = (int64_t)B * nch;
-    double *part = cm_alloc((size_t)(items * groups + 1) * sizeof(double), "group norm", NULL);
-    double *mean = cm_alloc((size_t)B * groups * sizeof(double), "group norm", NULL);
+    double *part = cm_scratch_take((size_t)(items * groups + 1) * sizeof(double), 0, "group norm");
+    double *mean = cm_scratch_take((size_t)B * groups * sizeof(double), 0, "group norm");
     /* per-channel mean (pass 1) and per-thread channel sums */
-    double *mu_c = cm_alloc((size_t)B * C * sizeof(double), "group norm", NULL);
-    float *ab = cm_alloc((size_t)B * 2 * C * sizeof(float), "group norm", NULL);
+    double *mu_c = cm_scratch_take((size_t)B * C * sizeof(double), 0, "group norm");
+    float *ab = cm_scratch_take((size_t)B * 2 * C * sizeof(float), 0, "group norm");
     float *gf = vec_f32(gamma, C), *bf = vec_f32(beta, C);
     const int nt = cm_par_threads(8.0 * B * (double)HW * C);
-    double *chs = cm_alloc((size_t)nt * C * sizeof(double), "group norm", NULL);
-    CM_ASSERT(part && mean && ab && mu_c && chs);
+    double *chs = cm_scratch_take((size_t)nt * C * sizeof(double), 0, "group norm");
     double cnt = (double)HW * cg;
     const int level = cm_isa_level();
 
@@ -848,13 +845,13 @@ void cm_group_norm(const float *x, float *y, int B, int64_t HW, int C, int group
         else
             gn_norm_c(x + (b * HW + i0) * C, y + (b * HW + i0) * C, n, C, a, s, silu);
     }
-    cm_free(part);
-    cm_free(mean);
-    cm_free(mu_c);
-    cm_free(chs);
-    cm_free(ab);
-    cm_free(gf);
-    cm_free(bf);
+    cm_scratch_give(chs);
+    cm_scratch_give(bf);
+    cm_scratch_give(gf);
+    cm_scratch_give(ab);
+    cm_scratch_give(mu_c);
+    cm_scratch_give(mean);
+    cm_scratch_give(part);
 }
 
 /* ------------------------------------------------------------------------
@@ -881,8 +878,8 @@ void cm_layer_norm(const float *x, float *y, int64_t M, int C, float eps, const 
             yr[c] = v;
         }
     }
-    cm_free(gf);
-    cm_free(bf);
+    cm_scratch_give(gf);
+    cm_scratch_give(bf);
 }
 
 void cm_rms_norm(const float *x, float *y, int64_t M, int C, float eps, const cm_wview *gamma)
@@ -896,7 +893,7 @@ void cm_rms_norm(const float *x, float *y, int64_t M, int C, float eps, const cm
         float r = (float)(1.0 / sqrt(sq / C + eps));
         for (int c = 0; c < C; c++) y[m * C + c] = xr[c] * r * (gf ? gf[c] : 1.0f);
     }
-    cm_free(gf);
+    cm_scratch_give(gf);
 }
 
 CM_INLINE void act_body(float *x, int64_t n, cm_act act)

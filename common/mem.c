@@ -9,6 +9,10 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 static long g_count;   /* allocations since the hook was armed */
 static long g_fail_at; /* 0: disabled */
@@ -109,4 +113,101 @@ void cm_arena_free(cm_arena *a)
     if (!a) return;
     cm_free(a->base);
     cm_free(a);
+}
+
+/* --------------------------------------------------------- kernel scratch */
+
+#define SCRATCH_DEPTH 32
+
+static struct {
+    unsigned char *base;
+    size_t cap, top;
+    int depth;
+    size_t mark[SCRATCH_DEPTH]; /* top before the block was taken */
+    void *ptr[SCRATCH_DEPTH];
+    unsigned char given[SCRATCH_DEPTH];
+} g_scr;
+
+static size_t page_round(size_t n)
+{
+    size_t r = (n + 4095) & ~(size_t)4095;
+    return r < n ? SIZE_MAX : r;
+}
+
+cm_status cm_scratch_reserve(size_t nbytes, cm_error *err)
+{
+    size_t n = page_round(nbytes);
+    if (n <= g_scr.cap || g_scr.depth) return CM_OK; /* big enough, or in use */
+    if (injected_failure(err))
+        return cm_error_set(err, CM_ERR_NOMEM, "out of memory reserving %zu bytes of kernel scratch (injected)",
+                            nbytes);
+    void *p = n == SIZE_MAX ? MAP_FAILED
+                            : mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return cm_error_set(err, CM_ERR_NOMEM, "out of memory reserving %zu bytes of kernel scratch", nbytes);
+    if (g_scr.base) munmap(g_scr.base, g_scr.cap);
+    g_scr.base = p;
+    g_scr.cap = n;
+    g_scr.top = 0;
+    return CM_OK;
+}
+
+size_t cm_scratch_reserved(void) { return g_scr.cap; }
+
+static int in_region(const void *p)
+{
+    return g_scr.base && (const unsigned char *)p >= g_scr.base &&
+           (const unsigned char *)p < g_scr.base + g_scr.cap;
+}
+
+void *cm_scratch_take(size_t nbytes, int zero, const char *what)
+{
+    size_t n = (nbytes + CM_ALIGN - 1) & ~(size_t)(CM_ALIGN - 1);
+    if (n == 0) n = CM_ALIGN;
+    int parallel = 0;
+#ifdef _OPENMP
+    parallel = omp_in_parallel();
+#endif
+    if (!parallel && n >= nbytes && g_scr.depth < SCRATCH_DEPTH && n <= g_scr.cap - g_scr.top) {
+        int d = g_scr.depth++;
+        void *p = g_scr.base + g_scr.top;
+        g_scr.mark[d] = g_scr.top;
+        g_scr.ptr[d] = p;
+        g_scr.given[d] = 0;
+        g_scr.top += n;
+        if (zero) memset(p, 0, nbytes);
+        return p;
+    }
+    /* Beyond the reservation: the heap, where failure cannot be reported
+     * from inside a kernel. */
+    void *p = zero ? cm_calloc(nbytes, what, NULL) : cm_alloc(nbytes, what, NULL);
+    CM_ASSERT(p);
+    return p;
+}
+
+void cm_scratch_give(void *p)
+{
+    if (!p) return;
+    if (!in_region(p)) {
+        cm_free(p);
+        return;
+    }
+    int d = g_scr.depth - 1;
+    while (d >= 0 && g_scr.ptr[d] != p) d--;
+    CM_ASSERT(d >= 0);
+    g_scr.given[d] = 1;
+    /* blocks come back in any order; the region shrinks past given ones */
+    while (g_scr.depth > 0 && g_scr.given[g_scr.depth - 1]) g_scr.top = g_scr.mark[--g_scr.depth];
+}
+
+void cm_scratch_trim(void)
+{
+    if (g_scr.base && !g_scr.depth) (void)madvise(g_scr.base, g_scr.cap, MADV_DONTNEED);
+}
+
+void cm_scratch_release(void)
+{
+    if (!g_scr.base || g_scr.depth) return;
+    munmap(g_scr.base, g_scr.cap);
+    memset(&g_scr, 0, sizeof g_scr);
 }

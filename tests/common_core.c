@@ -254,6 +254,54 @@ START_TEST(test_arena)
 }
 END_TEST
 
+/* Kernel scratch: blocks come from the reserved region (reused once given
+ * back, in any order), zero-filled on request, 64-byte aligned; beyond
+ * the region the heap serves; a failed reservation is an error record. */
+START_TEST(test_scratch)
+{
+    cm_scratch_release();
+    ck_assert_uint_eq(cm_scratch_reserved(), 0);
+    /* nothing reserved: heap blocks, still usable and given back */
+    char *h = cm_scratch_take(1000, 1, "t");
+    ck_assert_ptr_nonnull(h);
+    for (int i = 0; i < 1000; i++) ck_assert_int_eq(h[i], 0);
+    cm_scratch_give(h);
+
+    cm_error err = {0};
+    ck_assert_int_eq(cm_scratch_reserve(1 << 20, &err), CM_OK);
+    ck_assert_uint_ge(cm_scratch_reserved(), 1 << 20);
+    char *a = cm_scratch_take(100, 0, "a"), *b = cm_scratch_take(5000, 1, "b");
+    ck_assert_uint_eq((uintptr_t)a % CM_ALIGN, 0);
+    ck_assert_uint_eq((uintptr_t)b % CM_ALIGN, 0);
+    ck_assert(b >= a + 100);
+    for (int i = 0; i < 5000; i++) ck_assert_int_eq(b[i], 0);
+    memset(a, 1, 100);
+    memset(b, 2, 5000);
+    /* out of order: a first, then b; afterwards the region is empty again */
+    cm_scratch_give(a);
+    char *c = cm_scratch_take(64, 0, "c");
+    ck_assert(c > b); /* a's space is not reused while b is out */
+    cm_scratch_give(c);
+    cm_scratch_give(b);
+    char *d = cm_scratch_take(64, 0, "d");
+    ck_assert_ptr_eq(d, a); /* everything given back: from the start */
+    /* more than the region holds: the heap */
+    char *big = cm_scratch_take((size_t)4 << 20, 1, "big");
+    ck_assert(big < d || big >= d + cm_scratch_reserved());
+    ck_assert_int_eq(big[((size_t)4 << 20) - 1], 0);
+    cm_scratch_give(big);
+    cm_scratch_give(d);
+    /* a reservation that cannot be made is reported */
+    cm_scratch_release();
+    cm_alloc_fail_at(1);
+    ck_assert_int_eq(cm_scratch_reserve(1 << 20, &err), CM_ERR_NOMEM);
+    ck_assert_msg(strstr(err.msg, "kernel scratch"), "%s", err.msg);
+    cm_alloc_fail_at(0);
+    ck_assert_int_eq(cm_scratch_reserve(SIZE_MAX - 100, &err), CM_ERR_NOMEM);
+    ck_assert_uint_eq(cm_scratch_reserved(), 0);
+}
+END_TEST
+
 START_TEST(test_tensor)
 {
     cm_error err = {0};
@@ -308,6 +356,7 @@ TCase *tc_common_core(void)
     tcase_add_test(tc, test_error_record);
     tcase_add_test(tc, test_alloc);
     tcase_add_test(tc, test_arena);
+    tcase_add_test(tc, test_scratch);
     tcase_add_test(tc, test_tensor);
     tcase_add_test(tc, test_timer_threads);
     return tc;
