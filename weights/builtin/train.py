@@ -99,6 +99,9 @@ def main():
     ap.add_argument("--batch", type=int, default=48)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--minutes", type=float, default=1e9)
+    ap.add_argument("--stop-at", type=int, default=0,
+                    help="stop (saving) at this step, keeping the --steps schedule: reproduces a run "
+                         "that a --minutes budget ended")
     ap.add_argument("--save-every", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ema", type=float, default=0.999)
@@ -151,7 +154,7 @@ def main():
 
     t_start = time.time()
     losses = []
-    while step < args.steps:
+    while step < args.steps and not (args.stop_at and step >= args.stop_at):
         B = args.batch
         e_idx = [rng.randrange(E) for _ in range(B)]
         b_idx = [rng.randrange(NB) for _ in range(B)]
