@@ -90,8 +90,9 @@ static const char *usage_txt2img =
     "      --quiet             no progress on stderr\n"
     "      --init-noise FILE   float32 .npy (B,C,h,w) used instead of the seeded noise\n"
     "      --save-latents DIR  write DIR/step_NNN.npy after every step and DIR/final.npy\n"
-    "      --precision f32|bf16  compute precision (default f32; bf16 is not\n"
-    "                          implemented yet and computes in f32)\n"
+    "      --precision f32|bf16  f32 (default, exact) or bf16: GEMMs and convolutions\n"
+    "                          with bf16 inputs and float32 sums (CPUs with AVX512_BF16;\n"
+    "                          elsewhere f32 with a note); attention stays f32\n"
     "      --max-memory SIZE   memory the job may use (e.g. 6G; default: what the machine\n"
     "                          has free); over it the VAE decodes in tiles or the job is\n"
     "                          refused with the estimate, before anything is computed\n"
@@ -392,10 +393,13 @@ int cmd_generate(int argc, char **argv)
         return cmd_usage_error("--seed: expected -1 or an integer in [0, 18446744073709551615], got \"%s\"", o.seed);
     if (!strcmp(o.precision, "f32")) cm_precision_set(CM_PREC_F32);
     else if (!strcmp(o.precision, "bf16")) {
-        /* There is no bf16 dot-product kernel yet (#7: it needs AVX512_BF16
-         * hardware to build and test on): say so once, compute exactly. */
-        fprintf(stderr, "stipple: note: --precision bf16 is not implemented yet: computing in float32\n");
-        cm_precision_set(CM_PREC_F32);
+        /* vdpbf16ps needs AVX512_BF16: elsewhere say so once, compute exactly. */
+        if (cm_bf16_supported()) {
+            cm_precision_set(CM_PREC_BF16);
+        } else {
+            fprintf(stderr, "stipple: note: --precision bf16 needs a CPU with AVX512_BF16: computing in float32\n");
+            cm_precision_set(CM_PREC_F32);
+        }
     } else return cmd_usage_error("--precision: expected f32 or bf16, got \"%s\"", o.precision);
     if (o.w_seen && o.width % 8)
         return cmd_usage_error("-W %d: the width must be a multiple of 8 (try %d or %d)", o.width,

@@ -288,6 +288,11 @@ typedef enum { CM_ACT_NONE = 0, CM_ACT_SILU, CM_ACT_GELU, CM_ACT_GELU_TANH, CM_A
 typedef enum { CM_PREC_F32 = 0, CM_PREC_BF16 } cm_precision;
 void cm_precision_set(cm_precision p);
 cm_precision cm_precision_get(void);
+/* CM_PREC_BF16 runs the GEMM engine (linear, conv, upsample conv, GEGLU)
+ * with bf16-rounded weights and activations and float32 sums (vdpbf16ps),
+ * on CPUs with AVX512_BF16 (this says whether this one has it); elsewhere,
+ * and for attention, norms and everything else, float32. */
+int cm_bf16_supported(void);
 
 /* Linear: x (M,K) row stride ldx, w (N,K) [or (N,K,1,1) for 1x1 convs],
  * bias (N) or NULL, residual (M,N) row stride ldy or NULL -> y (M,N) row

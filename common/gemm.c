@@ -28,6 +28,7 @@
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(STIPPLE_PLAIN_C)
 #define CM_HAVE_X86 1
+#include <cpuid.h>
 #include <immintrin.h>
 #else
 #define CM_HAVE_X86 0
@@ -163,7 +164,93 @@ ukr_avx512(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, in
     }
     A5_ALL(A5_STORE);
 }
+
+/* --precision bf16 (AVX512_BF16): the same 12x32 tile with vdpbf16ps.
+ * a: kc/2 groups of 12 uint32, each a pair of bf16 (k even in the low
+ * half); b: kc/2 rows of 32 pairs (64 bf16: column n's k and k+1). Each
+ * step adds a[k]*b[k] + a[k+1]*b[k+1] (exact products) to the float32
+ * accumulators. */
+#define B5_ROW(r)                                                            \
+    do {                                                                     \
+        __m512bh av = (__m512bh)_mm512_set1_epi32((int)a[r]);                \
+        c##r##_0 = _mm512_dpbf16_ps(c##r##_0, av, b0);                       \
+        c##r##_1 = _mm512_dpbf16_ps(c##r##_1, av, b1);                       \
+    } while (0)
+
+__attribute__((target("avx512f,avx512bf16"))) static void
+ukr_bf16(int64_t kc, const uint32_t *a, const uint16_t *b, float *c, int64_t ldc, int accumulate)
+{
+    __m512 c0_0, c0_1, c1_0, c1_1, c2_0, c2_1, c3_0, c3_1, c4_0, c4_1, c5_0, c5_1;
+    __m512 c6_0, c6_1, c7_0, c7_1, c8_0, c8_1, c9_0, c9_1, c10_0, c10_1, c11_0, c11_1;
+    A5_ALL(A5_LOAD);
+    for (int64_t k = 0; k < kc; k += 2) {
+        __m512bh b0 = (__m512bh)_mm512_load_si512(b), b1 = (__m512bh)_mm512_load_si512(b + 32);
+        A5_ALL(B5_ROW);
+        a += 12;
+        b += 64;
+    }
+    A5_ALL(A5_STORE);
+}
+
+/* Rows [m0, m0+mc) of A, input channels [c0, c0+kc) of tap t, as bf16
+ * pairs in the tile layout of ukr_bf16 (kc even; rounding to nearest even). */
+__attribute__((target("avx512f,avx512bf16"))) static void
+pack_a_bf16(const cm_gemm_job *jb, int mr, int64_t m0, int64_t mc, int t, int64_t c0, int64_t kc,
+            uint32_t *dst)
+{
+    int64_t tiles = (mc + mr - 1) / mr, kp_n = kc / 2;
+    uint32_t tmp[16] __attribute__((aligned(64)));
+    for (int64_t i = 0; i < tiles; i++) {
+        uint32_t *d = dst + i * mr * kp_n;
+        for (int r = 0; r < mr; r++) {
+            int64_t m = i * mr + r;
+            const float *src = m < mc ? jb->arow(jb, m0 + m, t) : NULL;
+            int64_t kp = 0;
+            if (!src) {
+                for (; kp < kp_n; kp++) d[kp * mr + r] = 0;
+                continue;
+            }
+            src += c0;
+            for (; kp + 16 <= kp_n; kp += 16) {
+                __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + 2 * kp + 16),
+                                                 _mm512_loadu_ps(src + 2 * kp));
+                _mm512_store_si512(tmp, (__m512i)v);
+                for (int j = 0; j < 16; j++) d[(kp + j) * mr + r] = tmp[j];
+            }
+            for (; kp < kp_n; kp++)
+                d[kp * mr + r] = (uint32_t)cm_f32_to_bf16(src[2 * kp]) |
+                                 (uint32_t)cm_f32_to_bf16(src[2 * kp + 1]) << 16;
+        }
+    }
+}
 #endif
+
+/* One float32 B panel (K rows of nr) as bf16 pairs: row pair kp holds
+ * column n's rows 2kp and 2kp+1 side by side (K even). */
+static void panel_to_bf16(const float *src, int nr, int64_t K, uint16_t *dst)
+{
+    for (int64_t kp = 0; kp < K / 2; kp++)
+        for (int n = 0; n < nr; n++) {
+            dst[(kp * nr + n) * 2] = cm_f32_to_bf16(src[(2 * kp) * nr + n]);
+            dst[(kp * nr + n) * 2 + 1] = cm_f32_to_bf16(src[(2 * kp + 1) * nr + n]);
+        }
+}
+
+int cm_bf16_supported(void)
+{
+#if CM_HAVE_X86
+    static int have = -1;
+    if (have < 0) {
+        unsigned a = 0, b = 0, c = 0, d = 0;
+        /* CPUID.(7,1):EAX bit 5 = AVX512_BF16 (the compilers' cpu_supports
+         * names for it differ between gcc and clang) */
+        have = cm_isa_supported("avx512") && __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a >> 5 & 1);
+    }
+    return have;
+#else
+    return 0;
+#endif
+}
 
 /* ------------------------------------------------------------------------
  * Dispatch
@@ -629,11 +716,22 @@ void cm_gemm_run(const cm_gemm_job *jb)
     const int gg = jb->geglu ? 2 : 1; /* panels per output panel */
     const int64_t npan = gg * ceil_div(N, nr);
 
-    /* B panels: from the packed-weight cache, or packed below. */
-    size_t bp_bytes = (size_t)(npan * nr * (K > 0 ? K : 1)) * sizeof(float);
+    /* --precision bf16: weights and activations rounded to bf16, products
+     * accumulated in float32 by vdpbf16ps (AVX-512 tile only; K must split
+     * into pairs within each tap). */
+#if CM_HAVE_X86
+    const int bf = jb->w && K > 0 && C % 2 == 0 && isa == &isa_avx512 &&
+                   cm_precision_get() == CM_PREC_BF16 && cm_bf16_supported();
+#else
+    const int bf = 0;
+#endif
+    /* B panels: from the packed-weight cache, or packed below. bf16
+     * panels are another kind of entry (key: -nr). */
+    const int knr = bf ? -nr : nr;
+    size_t bp_bytes = (size_t)(npan * nr * (K > 0 ? K : 1)) * (bf ? sizeof(uint16_t) : sizeof(float));
     int cacheable = jb->w && M <= PC_MAX_M && cm_pack_cache_budget() > 0;
     uint64_t fp = cacheable ? pc_fingerprint(jb->w) : 0;
-    pc_entry *pce = cacheable ? pc_lookup(jb, nr, fp) : NULL;
+    pc_entry *pce = cacheable ? pc_lookup(jb, knr, fp) : NULL;
     /* Panels that may go into the cache are the cache's to free: heap
      * (when that fails they are scratch and not cached); the rest scratch. */
     float *bp = pce ? pce->panels : cacheable ? cm_alloc(bp_bytes, "gemm B panels", NULL) : NULL;
@@ -665,6 +763,8 @@ void cm_gemm_run(const cm_gemm_job *jb)
     float *work = cm_scratch_take((size_t)nt * (a_sz + c_sz) * sizeof(float), 0, "gemm work");
     float *zeros = jb->bias ? NULL : cm_scratch_take((size_t)(gg * N) * sizeof(float), 1, "gemm bias");
     const float *bias = jb->bias ? jb->bias : zeros;
+    float *bf_panel = bf && need_pack ? cm_scratch_take((size_t)nt * nr * K * sizeof(float), 0, "gemm bf16 panel")
+                                      : NULL;
 
 #pragma omp parallel num_threads(nt)
     {
@@ -680,7 +780,13 @@ void cm_gemm_run(const cm_gemm_job *jb)
             for (int64_t p = 0; p < npan; p++) {
                 int64_t c0 = (p / gg) * nr;
                 int64_t valid = N - c0 < nr ? N - c0 : nr;
-                jb->packb(jb, p, nr, (int)valid, bp + p * nr * K);
+                if (bf) {
+                    float *tp = bf_panel + (size_t)tid * nr * K;
+                    jb->packb(jb, p, nr, (int)valid, tp);
+                    panel_to_bf16(tp, nr, K, (uint16_t *)(void *)bp + p * nr * K);
+                } else {
+                    jb->packb(jb, p, nr, (int)valid, bp + p * nr * K);
+                }
             }
         }
 
@@ -696,7 +802,18 @@ void cm_gemm_run(const cm_gemm_job *jb)
                 for (int64_t c0 = 0; c0 < C; c0 += kc_blk) {
                     int64_t kc = C - c0 < kc_blk ? C - c0 : kc_blk;
                     int64_t koff = (int64_t)t * C + c0;
-                    if (use_rows) {
+                    if (bf) {
+#if CM_HAVE_X86
+                        uint32_t *ap = (uint32_t *)(void *)apk;
+                        pack_a_bf16(jb, mr, m0, mc, t, c0, kc, ap);
+                        for (int64_t p = 0; p < np; p++) {
+                            const uint16_t *bpan = (const uint16_t *)(const void *)bp + (p0 + p) * nr * K + koff * nr;
+                            for (int64_t i = 0; i < tiles; i++)
+                                ukr_bf16(kc, ap + i * mr * (kc / 2), bpan, acc + i * mr * ldc + p * nr, ldc,
+                                         !first);
+                        }
+#endif
+                    } else if (use_rows) {
                         const float **rows = (const float **)(void *)apk;
                         for (int64_t i = 0; i < tiles * mr; i++) {
                             const float *src = i < mc ? jb->arow(jb, m0 + i, t) : NULL;
@@ -736,9 +853,10 @@ void cm_gemm_run(const cm_gemm_job *jb)
             }
         }
     }
+    cm_scratch_give(bf_panel);
     cm_scratch_give(zeros);
     cm_scratch_give(work);
-    if (!pce && cacheable) pce = pc_insert(jb, nr, fp, bp, bp_bytes);
+    if (!pce && cacheable) pce = pc_insert(jb, knr, fp, bp, bp_bytes);
     if (pce)
         pc_release(pce);
     else if (cacheable)

@@ -829,6 +829,12 @@ cm_status df_unet_forward(df_unet *u, const df_unet_input *in, float *out, cm_er
     if ((st = set_context(u, in->context, B, in->T, err))) return st;
     int Td = u->temb_dim;
 
+    /* The first and last layers and the embeddings run in float32 in
+     * every precision mode (they are cheap; in bf16 they carry most of
+     * the error at the ends of the network). */
+    const cm_precision prec = cm_precision_get();
+    cm_precision_set(CM_PREC_F32);
+
     /* time embedding (+ SDXL's size/crop/pooled-text embedding) */
     sinusoidal(in->timesteps, B, u->tproj_dim, u->flip_sin_to_cos, u->freq_shift, u->tvec);
     hook(in, "time_proj", u->tvec, B, 1, 1, u->tproj_dim);
@@ -869,6 +875,7 @@ cm_status df_unet_forward(df_unet *u, const df_unet_input *in, float *out, cm_er
     cm_conv2d(u->CAT, B, h, w, u->in_ch, u->conv_in.w, u->conv_in.b, (cm_conv_params){1, 1}, NULL,
               u->skip[0]);
     hook(in, "conv_in", u->skip[0], B, h, w, u->ch[0]);
+    cm_precision_set(prec);
 
     /* down path: every block's output is a skip connection */
     const float *cur = u->skip[0];
@@ -939,6 +946,7 @@ cm_status df_unet_forward(df_unet *u, const df_unet_input *in, float *out, cm_er
     }
 
     /* out: GroupNorm, SiLU, conv_out, NHWC -> NCHW */
+    cm_precision_set(CM_PREC_F32);
     int C0 = u->ch[0];
     cm_group_norm(hc, u->T0, B, HW, C0, u->groups, u->eps, u->norm_out.w, u->norm_out.b, 0);
     hook(in, "conv_norm_out", u->T0, B, h, w, C0);
@@ -954,5 +962,6 @@ cm_status df_unet_forward(df_unet *u, const df_unet_input *in, float *out, cm_er
             for (int c = 0; c < C; c++) out[(b * C + c) * HW + p] = s[m * C + c];
         }
     }
+    cm_precision_set(prec);
     return CM_OK;
 }

@@ -165,6 +165,58 @@ START_TEST(test_golden_pipelines)
 }
 END_TEST
 
+/* --precision bf16 from the binary on the sd1-tiny DDIM golden (20 steps,
+ * CFG): the 8-bit image against the reference's float32 image. Measured
+ * here (AVX512_BF16): PSNR 44.1 dB, max diff 10/255; bound 30 dB. Without AVX512_BF16 the
+ * run says so on stderr and is the float32 run (same bounds as the golden
+ * test: within 1/255). */
+START_TEST(test_golden_bf16)
+{
+    const char *golden = "golden/sd1-tiny/txt2img.safetensors";
+    cJSON *meta = tu_golden_meta(golden);
+    int steps = cJSON_GetObjectItem(meta, "steps")->valueint;
+    int H = cJSON_GetObjectItem(meta, "height")->valueint, W = cJSON_GetObjectItem(meta, "width")->valueint;
+    double cfg = cJSON_GetObjectItem(meta, "guidance_scale")->valuedouble;
+    double seed = cJSON_GetObjectItem(cJSON_GetObjectItem(meta, "rng"), "seed")->valuedouble;
+    char prompt[2048], negative[2048], cmd[8192], png[2048];
+    tu_shq(cJSON_GetStringValue(cJSON_GetObjectItem(meta, "prompt")), prompt, sizeof prompt);
+    const char *neg = cJSON_GetStringValue(cJSON_GetObjectItem(meta, "negative_prompt"));
+    tu_shq(neg ? neg : "", negative, sizeof negative);
+    snprintf(png, sizeof png, "%s/bf16.png", tu_tmpdir());
+    snprintf(cmd, sizeof cmd,
+             "'%s' txt2img -m '%s' -p %s -n %s -W %d -H %d --steps %d --cfg %.17g --sampler ddim "
+             "--seed %.0f --precision bf16 -o '%s' --overwrite --quiet",
+             tu_stipple(), tu_data("golden/sd1-tiny/model/sd1-tiny_f16.safetensors"), prompt, negative, W, H,
+             steps, cfg, seed, png);
+    char *err = NULL;
+    int rc = tu_run(cmd, NULL, &err);
+    ck_assert_msg(rc == 0, "%s\nexit %d: %s", cmd, rc, err ? err : "");
+    int noted = err && strstr(err, "AVX512_BF16");
+    ck_assert_int_eq(noted, !cm_bf16_supported());
+    cm_free(err);
+    cm_tensor ref;
+    tu_golden(golden, "image_u8", &ref);
+    cm_image img;
+    cm_error e = {0};
+    ck_assert_msg(cm_image_read(png, &img, &e) == CM_OK, "%s", e.msg);
+    int64_t n = (int64_t)W * H * 3, maxd = 0;
+    double se = 0;
+    for (int64_t k = 0; k < n; k++) {
+        int64_t v = (int64_t)lrintf(img.rgb[k] * 255.0f), d = llabs(v - (int64_t)ref.data[k]);
+        se += (double)d * d;
+        if (d > maxd) maxd = d;
+    }
+    double psnr = se > 0 ? 10.0 * log10(255.0 * 255.0 / (se / n)) : INFINITY;
+    fprintf(stderr, "bf16 sd1-tiny image: PSNR %.2f dB vs the float32 golden, max diff %lld\n", psnr,
+            (long long)maxd);
+    if (cm_bf16_supported()) ck_assert_msg(psnr >= 30.0, "bf16 image PSNR %.2f dB < 30", psnr);
+    else ck_assert_msg(maxd <= 1, "float32 fallback differs by %lld", (long long)maxd);
+    cm_image_release(&img);
+    cm_tensor_release(&ref);
+    cJSON_Delete(meta);
+}
+END_TEST
+
 /* The model hash (A1111's: first 10 hex of the file's SHA-256) is cached
  * by path, size, mtime and inode; a changed file is hashed again. The
  * expected hash comes from coreutils' sha256sum. */
@@ -209,6 +261,7 @@ TCase *tc_cmd_cli(void)
     tcase_add_test(tc, test_help_version);
     tcase_add_test(tc, test_usage_errors);
     tcase_add_test(tc, test_model_hash_cache);
+    tcase_add_test(tc, test_golden_bf16);
     tcase_add_loop_test(tc, test_golden_pipelines, 0, (int)(sizeof runs / sizeof runs[0]));
     return tc;
 }

@@ -566,6 +566,118 @@ START_TEST(test_pack_cache)
 }
 END_TEST
 
+/* --precision bf16 (runs only where the CPU has AVX512_BF16): linear,
+ * conv, upsample conv and fused GEGLU through the vdpbf16ps tile agree
+ * with an emulation of bf16 inputs accumulated exactly (inputs rounded to
+ * bf16, products summed in double: rel-L2 <= 2e-6, what float32
+ * accumulation adds), differ from float32 by the bf16 rounding (rel-L2 in
+ * (1e-5, 1e-2]), and do not depend on the thread count. */
+static double rel_l2(const float *a, const double *b, int64_t n)
+{
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        den += b[i] * b[i];
+    }
+    return sqrt(num / (den > 0 ? den : 1));
+}
+
+static float bfr(float v) { return cm_bf16_to_f32(cm_f32_to_bf16(v)); }
+
+START_TEST(test_bf16_precision)
+{
+    if (!cm_bf16_supported() || !cm_isa_force("avx512")) {
+        printf("skip bf16: this CPU has no AVX512_BF16\n");
+        return;
+    }
+    size_t saved = cm_pack_cache_budget();
+    for (int cached = 0; cached < 2; cached++) {
+        cm_pack_cache_set_budget(cached ? ((size_t)64 << 20) : 0);
+        /* linear: M rows (over and under the cache's 256), odd N */
+        int64_t M = cached ? 77 : 301, K = 258, N = 45;
+        float *x = rand_buf(M * K), *y = rand_buf(M * N), *y32 = rand_buf(M * N), *y1 = rand_buf(M * N);
+        double *ref = malloc((size_t)(M * N) * sizeof(double));
+        wbuf w, b;
+        int64_t ws[2] = {N, K}, bs[1] = {N};
+        wbuf_make(&w, CM_F16, 2, ws, 0.2f);
+        wbuf_make(&b, CM_F16, 1, bs, 0.5f);
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t n = 0; n < N; n++) {
+                double acc = cm_wview_get(&b.v, n);
+                for (int64_t k = 0; k < K; k++)
+                    acc += (double)bfr(x[m * K + k]) * bfr(cm_wview_get(&w.v, n * K + k));
+                ref[m * N + n] = acc;
+            }
+        cm_precision_set(CM_PREC_F32);
+        cm_linear(x, K, M, K, &w.v, &b.v, CM_ACT_NONE, NULL, y32, N);
+        cm_precision_set(CM_PREC_BF16);
+        cm_linear(x, K, M, K, &w.v, &b.v, CM_ACT_NONE, NULL, y, N);
+        double e_emu = rel_l2(y, ref, M * N);
+        double *r32 = malloc((size_t)(M * N) * sizeof(double));
+        for (int64_t i = 0; i < M * N; i++) r32[i] = y32[i];
+        double e_f32 = rel_l2(y, r32, M * N);
+        printf("bf16 linear %lldx%lld->%lld (cache %d): vs bf16 emulation %.2e, vs f32 %.2e\n",
+               (long long)M, (long long)K, (long long)N, cached, e_emu, e_f32);
+        ck_assert_msg(e_emu <= 2e-6, "bf16 linear vs emulation %.3e", e_emu);
+        ck_assert_msg(e_f32 > 1e-5 && e_f32 <= 1e-2, "bf16 linear vs f32 %.3e", e_f32);
+        int th = cm_threads_get();
+        cm_threads_set(1);
+        cm_linear(x, K, M, K, &w.v, &b.v, CM_ACT_NONE, NULL, y1, N);
+        cm_threads_set(th);
+        ck_assert_msg(memcmp(y, y1, (size_t)(M * N) * 4) == 0, "bf16 linear depends on the thread count");
+
+        /* conv 3x3 and upsample conv (taps: pairs stay inside a tap) */
+        int B = 2, H = 6, W = 5, C = 34, OC = 40;
+        int64_t cw[4] = {OC, C, 3, 3};
+        wbuf wc;
+        wbuf_make(&wc, CM_F16, 4, cw, 0.2f);
+        float *xi = rand_buf((int64_t)B * H * W * C);
+        int64_t no = (int64_t)B * 4 * H * W * OC;
+        float *o = rand_buf(no), *o32 = rand_buf(no);
+        double *d32 = malloc((size_t)no * sizeof(double));
+        cm_precision_set(CM_PREC_F32);
+        cm_conv2d(xi, B, H, W, C, &wc.v, NULL, (cm_conv_params){1, 1}, NULL, o32);
+        cm_precision_set(CM_PREC_BF16);
+        cm_conv2d(xi, B, H, W, C, &wc.v, NULL, (cm_conv_params){1, 1}, NULL, o);
+        int64_t nc = (int64_t)B * H * W * OC;
+        for (int64_t i = 0; i < nc; i++) d32[i] = o32[i];
+        double ec = rel_l2(o, d32, nc);
+        cm_precision_set(CM_PREC_F32);
+        cm_upsample2x_conv3x3(xi, B, H, W, C, &wc.v, NULL, o32);
+        cm_precision_set(CM_PREC_BF16);
+        cm_upsample2x_conv3x3(xi, B, H, W, C, &wc.v, NULL, o);
+        for (int64_t i = 0; i < no; i++) d32[i] = o32[i];
+        double eu = rel_l2(o, d32, no);
+        printf("bf16 conv3x3 vs f32 %.2e, upsample conv vs f32 %.2e\n", ec, eu);
+        ck_assert_msg(ec > 1e-5 && ec <= 1e-2, "bf16 conv vs f32 %.3e", ec);
+        ck_assert_msg(eu > 1e-5 && eu <= 1e-2, "bf16 upsample conv vs f32 %.3e", eu);
+
+        /* fused GEGLU */
+        int64_t G = 24, Kg = 64, Mg = 50;
+        int64_t gs[2] = {2 * G, Kg};
+        wbuf wg;
+        wbuf_make(&wg, CM_F16, 2, gs, 0.2f);
+        float *xg = rand_buf(Mg * Kg), *g = rand_buf(Mg * G), *g32 = rand_buf(Mg * G);
+        double *dg = malloc((size_t)(Mg * G) * sizeof(double));
+        cm_precision_set(CM_PREC_F32);
+        cm_linear_geglu(xg, Kg, Mg, Kg, &wg.v, NULL, g32, G);
+        cm_precision_set(CM_PREC_BF16);
+        cm_linear_geglu(xg, Kg, Mg, Kg, &wg.v, NULL, g, G);
+        for (int64_t i = 0; i < Mg * G; i++) dg[i] = g32[i];
+        double eg = rel_l2(g, dg, Mg * G);
+        ck_assert_msg(eg > 1e-5 && eg <= 1e-2, "bf16 geglu vs f32 %.3e", eg);
+        cm_precision_set(CM_PREC_F32);
+
+        free(x); free(y); free(y32); free(y1); free(ref); free(r32);
+        free(w.mem); free(b.mem); free(wc.mem); free(xi); free(o); free(o32); free(d32);
+        free(wg.mem); free(xg); free(g); free(g32); free(dg);
+    }
+    cm_pack_cache_set_budget(saved);
+    cm_pack_cache_clear();
+    cm_isa_force(NULL);
+}
+END_TEST
+
 TCase *tc_common_kernels(void)
 {
     TCase *tc = tu_tcase("common_kernels");
@@ -581,5 +693,6 @@ TCase *tc_common_kernels(void)
     tcase_add_test(tc, test_threads_bit_identical);
     tcase_add_test(tc, test_linear_geglu);
     tcase_add_test(tc, test_pack_cache);
+    tcase_add_test(tc, test_bf16_precision);
     return tc;
 }

@@ -568,10 +568,61 @@ START_TEST(unet_alloc_failure)
 }
 END_TEST
 
+/* --precision bf16 (issue 7): the UNet output of each tiny golden against
+ * the float32 reference. Measured (printed): sd1-tiny ~1.0e-2, sd2-tiny
+ * ~8e-3, sdxl-tiny ~1.45e-2 — over the 1e-2 that issue 7 asks of a
+ * default mode on sdxl-tiny, so bf16 stays opt-in; bound here 2e-2. Needs
+ * AVX512_BF16; elsewhere the mode is float32 and this is skipped. */
+START_TEST(unet_bf16_bound)
+{
+    static const struct { const char *cfg; int sdxl; } cases[] = {
+        {"sd1-tiny", 0}, {"sd2-tiny", 0}, {"sdxl-tiny", 1}};
+    if (!cm_bf16_supported()) {
+        printf("skip: no AVX512_BF16\n");
+        return;
+    }
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        cm_error err = {0};
+        wt_model *m = wt_model_open(model_path(cases[c].cfg), &err);
+        ck_assert_msg(m != NULL, "%s", err.msg);
+        df_unet *u = df_unet_create(m, &err);
+        ck_assert_msg(u != NULL, "%s", err.msg);
+        char gold[256];
+        snprintf(gold, sizeof gold, "golden/%s/unet.safetensors", cases[c].cfg);
+        unet_gold g;
+        gold_load(gold, cases[c].sdxl, &g);
+        int64_t n = cm_tensor_numel(&g.out_a);
+        float *out = malloc((size_t)n * sizeof(float));
+        ck_assert(out);
+        df_unet_input in = gold_input(&g, &g.ta);
+        cm_precision_set(CM_PREC_BF16);
+        cm_status st = df_unet_forward(u, &in, out, &err);
+        cm_precision_set(CM_PREC_F32);
+        cm_pack_cache_clear();
+        ck_assert_msg(st == CM_OK, "%s", err.msg);
+        double num = 0, den = 0;
+        for (int64_t i = 0; i < n; i++) {
+            double d = (double)out[i] - g.out_a.data[i];
+            num += d * d;
+            den += (double)g.out_a.data[i] * g.out_a.data[i];
+        }
+        double rel = sqrt(num / den);
+        fprintf(stderr, "bf16 %s UNet out_a: rel-L2 %.3e vs the float32 golden\n", cases[c].cfg, rel);
+        ck_assert_msg(rel <= 2e-2, "%s bf16 UNet rel-L2 %.3e > 2e-2", cases[c].cfg, rel);
+        ck_assert_msg(rel > 1e-6, "%s: bf16 mode did not change anything (rel-L2 %.3e)", cases[c].cfg, rel);
+        free(out);
+        gold_release(&g);
+        df_unet_free(u);
+        wt_model_close(m);
+    }
+}
+END_TEST
+
 TCase *tc_diffusion_unet(void)
 {
     TCase *tc = tu_tcase("diffusion_unet");
     tcase_add_test(tc, unet_sd1_golden);
+    tcase_add_test(tc, unet_bf16_bound);
     tcase_add_test(tc, unet_sd1_diffusers_golden);
     tcase_add_test(tc, unet_sd2_golden);
     tcase_add_test(tc, unet_sdxl_golden);
