@@ -14,6 +14,7 @@
  * process CPU milliseconds; UNet: the first call, which sizes its buffers
  * and computes the cross-attention K/V, then the median of the
  * steady-state calls), then `peak_rss size MB`.
+ * `--bf16`: --precision bf16 (CPUs with AVX512_BF16).
  * Run by `meson test --benchmark`. The machine is shared: the figures are
  * noisy.
  */
@@ -62,7 +63,20 @@ int main(int argc, char **argv)
 {
     static char path[4096];
     const char *dir = getenv("STIPPLE_FULLSIZE_DIR");
-    if (argc > 1) snprintf(path, sizeof path, "%s", argv[1]);
+    const char *model = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--bf16")) {
+            if (!cm_bf16_supported()) {
+                printf("bench_stages: --bf16: this CPU has no AVX512_BF16\n");
+                return 0;
+            }
+            cm_precision_set(CM_PREC_BF16);
+            printf("# precision bf16\n");
+        } else {
+            model = argv[i];
+        }
+    }
+    if (model) snprintf(path, sizeof path, "%s", model);
     else snprintf(path, sizeof path, "%s/sd15-full.safetensors", dir && *dir ? dir : STIPPLE_BUILD_DIR);
     struct stat st;
     if (stat(path, &st) != 0) {
