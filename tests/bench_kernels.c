@@ -364,6 +364,10 @@ int main(int argc, char **argv)
         cm_precision_set(CM_PREC_BF16);
     }
     if (getenv("STIPPLE_THREADS")) cm_threads_set(atoi(getenv("STIPPLE_THREADS")));
+    /* kernel scratch reserved up front, as the pipeline does (fresh
+     * buffers per call would time page faults, not kernels) */
+    cm_error serr = {0};
+    if (cm_scratch_reserve((size_t)1 << 30, &serr) != CM_OK) fprintf(stderr, "bench_kernels: %s\n", serr.msg);
     print_peaks();
     printf("%-20s %-26s %12s %15s %11s | per CPU-second of this process (load-independent)\n",
            "name", "shape", "ms", "GFLOP/s", "%peak");

@@ -90,6 +90,8 @@ int main(int argc, char **argv)
     }
     cm_error err = {0};
     double t0 = cm_time_now();
+    /* kernel scratch reserved up front, as the pipeline does */
+    if (cm_scratch_reserve((size_t)1 << 30, &err) != CM_OK) die("scratch", &err);
     wt_model *m = wt_model_open(path, &err);
     if (!m) die("open", &err);
     te_encoder *te = te_encoder_create(m, &err);
