@@ -548,6 +548,11 @@ int cmd_generate(int argc, char **argv)
         snprintf(extra + strlen(extra), sizeof extra - strlen(extra), "%sInpaint method: %s",
                  extra[0] ? ", " : "", method);
     }
+    /* bf16 images differ from float32 ones: record it so --from-png
+     * makes the same image again */
+    if (cm_precision_get() == CM_PREC_BF16)
+        snprintf(extra + strlen(extra), sizeof extra - strlen(extra), "%sPrecision: bf16",
+                 extra[0] ? ", " : "");
 
     for (int i = 0; i < total; i++) {
         long long g = cmd_batch.next_index + i; /* global index: sharding, {index} */

@@ -163,6 +163,7 @@ cm_status cmd_infotext_parse(const char *text, const char *cmdname, cmd_args *a,
         else if (!strcmp(key, "CFG scale")) r = push2(a, "--cfg", val);
         else if (!strcmp(key, "Seed")) r = push2(a, "--seed", val);
         else if (!strcmp(key, "Clip skip")) r = push2(a, "--clip-skip", val);
+        else if (!strcmp(key, "Precision") && stipple && !strcmp(val, "bf16")) r = push2(a, "--precision", val);
         else if (!strcmp(key, "Size")) {
             char *x = strchr(val, 'x');
             if (!x) {

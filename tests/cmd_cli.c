@@ -211,6 +211,15 @@ START_TEST(test_golden_bf16)
             (long long)maxd);
     if (cm_bf16_supported()) ck_assert_msg(psnr >= 30.0, "bf16 image PSNR %.2f dB < 30", psnr);
     else ck_assert_msg(maxd <= 1, "float32 fallback differs by %lld", (long long)maxd);
+    /* the PNG records "Precision: bf16" (only when it ran in bf16), so
+     * --from-png makes the very same file again */
+    char png2[2100];
+    snprintf(png2, sizeof png2, "%s/bf16_again.png", tu_tmpdir());
+    snprintf(cmd, sizeof cmd, "'%s' txt2img -m '%s' --from-png '%s' -o '%s' --overwrite --quiet", tu_stipple(),
+             tu_data("golden/sd1-tiny/model/sd1-tiny_f16.safetensors"), png, png2);
+    ck_assert_int_eq(tu_run(cmd, NULL, NULL), 0);
+    snprintf(cmd, sizeof cmd, "cmp -s '%s' '%s'", png, png2);
+    ck_assert_msg(system(cmd) == 0, "--from-png of a bf16 image made another image");
     cm_image_release(&img);
     cm_tensor_release(&ref);
     cJSON_Delete(meta);
