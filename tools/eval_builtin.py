@@ -60,6 +60,8 @@ def main():
     ap.add_argument("--sheet", default=os.path.join(ROOT, "weights/builtin/contact_sheet.png"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--cfg", type=float, help="guidance scale (default: stipple's)")
+    ap.add_argument("--steps", type=int, help="sampling steps (default: stipple's)")
     ap.add_argument("--model", help="a model file to evaluate instead of the built-in one (e.g. a mid-training export)")
     args = ap.parse_args()
     meta = json.load(open(os.path.join(args.data, "data.json")))
@@ -83,6 +85,10 @@ def main():
            "--threads", str(args.threads), "--quiet"]
     if args.model:
         cmd += ["-m", args.model]
+    if args.cfg is not None:
+        cmd += ["--cfg", str(args.cfg)]
+    if args.steps is not None:
+        cmd += ["--steps", str(args.steps)]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     secs = time.time() - t0
     gallery = np.stack([feat(x) for x in neutral_imgs])
