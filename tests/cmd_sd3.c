@@ -20,6 +20,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
 #define SD3_DIR "golden/sd3-tiny/"
 #define SD3_MODEL SD3_DIR "model/sd3-tiny_f16.safetensors"
@@ -293,6 +296,157 @@ START_TEST(test_sd3_info)
 }
 END_TEST
 
+/* ------------------------------------------- mkckpt --family sd3 layout */
+
+/* A tensor name with the joint block / text layer index folded: "B" for
+ * every MMDiT block but the last (pre-only context stream: "L"), "N" for
+ * text encoder layers, so a 24-block table compares with a 2-block one. */
+static void fold_name(const char *name, int last_block, char *out, size_t cap)
+{
+    const char *jb = strstr(name, "joint_blocks."), *ly = strstr(name, "layers.");
+    const char *at = jb ? jb + 13 : ly ? ly + 7 : NULL;
+    if (!at) {
+        snprintf(out, cap, "%s", name);
+        return;
+    }
+    char *end;
+    long i = strtol(at, &end, 10);
+    snprintf(out, cap, "%.*s%s%s", (int)(at - name), name, jb ? (i == last_block ? "L" : "B") : "N", end);
+}
+
+/* Folded names of a name<TAB>dtype<TAB>shape table (header line skipped),
+ * with `prefix` removed from those that have it (others dropped when
+ * only_prefix), as one sorted newline-joined string. */
+static char *folded_set(const char *table, const char *prefix, int only_prefix, int last_block)
+{
+    size_t cap = strlen(table) + 16, n = 0, count = 0;
+    char **names = malloc(20000 * sizeof *names);
+    ck_assert_ptr_nonnull(names);
+    for (const char *p = table; *p && count < 20000;) {
+        const char *nl = strchr(p, '\n'), *tab = strchr(p, '\t');
+        size_t len = (size_t)((tab && (!nl || tab < nl) ? tab : nl ? nl : p + strlen(p)) - p);
+        char name[512], f[512];
+        snprintf(name, sizeof name, "%.*s", (int)len, p);
+        p = nl ? nl + 1 : p + strlen(p);
+        if (!strcmp(name, "name") || !name[0]) continue;
+        const char *nm = name;
+        size_t pl = prefix ? strlen(prefix) : 0;
+        if (pl && !strncmp(nm, prefix, pl)) nm += pl;
+        else if (only_prefix) continue;
+        /* where a VAE block changes width (1x1 shortcut) follows the
+         * channel list, which the tiny model shrinks */
+        if (strstr(nm, "nin_shortcut")) continue;
+        fold_name(nm, last_block, f, sizeof f);
+        names[count++] = strdup(f);
+    }
+    qsort(names, count, sizeof *names, cmp_str);
+    char *out = malloc(cap);
+    ck_assert_ptr_nonnull(out);
+    out[0] = 0;
+    for (size_t i = 0; i < count; i++)
+        if (!i || strcmp(names[i], names[i - 1])) n += (size_t)snprintf(out + n, cap - n, "%s\n", names[i]);
+    for (size_t i = 0; i < count; i++) free(names[i]);
+    free(names);
+    return out;
+}
+
+static char *read_text(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    ck_assert_msg(f != NULL, "%s", path);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *s = malloc((size_t)n + 1);
+    ck_assert(s && fread(s, 1, (size_t)n, f) == (size_t)n);
+    s[n] = 0;
+    fclose(f);
+    return s;
+}
+
+/* tools/mkckpt --family sd3 (SD3 Medium, sd3_medium_incl_clips layout):
+ * its tensor names, block indices folded, are exactly those of the
+ * reference's sd3-tiny files (MMDiT + VAE (but for the 1x1 shortcuts,
+ * placed by the tiny model's own channel list) in the checkpoint, CLIP-L and
+ * bigG with text_projection in the text encoder files; tiny has 2 blocks,
+ * Medium 24); and stipple takes the table: a sparse file with its header
+ * is an SD3 model of width 1536 with 24 joint blocks to `stipple info`. */
+START_TEST(test_sd3_mkckpt_layout)
+{
+    char cmd[4096], *table = NULL;
+    snprintf(cmd, sizeof cmd, "'%s' --family sd3 --list", STIPPLE_MKCKPT_BIN);
+    ck_assert_int_eq(tu_run(cmd, &table, NULL), 0);
+    char *tiny = read_text(tu_data(SD3_DIR "model/sd3-tiny_f16.keys.tsv"));
+    char *a = folded_set(table, "model.diffusion_model.", 1, 23), *b = folded_set(tiny, "model.diffusion_model.", 1, 1);
+    if (strcmp(a, b)) fprintf(stderr, "mkckpt:\n%s\nreference:\n%s", a, b);
+    ck_assert_msg(!strcmp(a, b), "MMDiT names differ (lists on stderr)");
+    free(a);
+    free(b);
+    a = folded_set(table, "first_stage_model.", 1, -1);
+    b = folded_set(tiny, "first_stage_model.", 1, -1);
+    if (strcmp(a, b)) fprintf(stderr, "mkckpt:\n%s\nreference:\n%s", a, b);
+    ck_assert_msg(!strcmp(a, b), "VAE names differ (lists on stderr)");
+    free(a);
+    free(b);
+    static const char *const te[2][2] = {{"text_encoders.clip_l.transformer.", "clip_l_f16.keys.tsv"},
+                                         {"text_encoders.clip_g.transformer.", "clip_g_f16.keys.tsv"}};
+    for (int k = 0; k < 2; k++) {
+        char rel[256];
+        snprintf(rel, sizeof rel, SD3_DIR "model/text_encoders/%s", te[k][1]);
+        char *ref = read_text(tu_data(rel));
+        a = folded_set(table, te[k][0], 1, -1);
+        b = folded_set(ref, NULL, 0, -1);
+        if (strcmp(a, b)) fprintf(stderr, "mkckpt:\n%s\nreference:\n%s", a, b);
+        ck_assert_msg(!strcmp(a, b), "%s names differ (lists on stderr)", te[k][1]);
+        free(a);
+        free(b);
+        free(ref);
+    }
+    free(tiny);
+
+    /* the header over a sparse data area */
+    cJSON *h = cJSON_CreateObject();
+    uint64_t off = 0;
+    for (const char *p = table; *p;) {
+        char name[512], dtype[16], shape[128];
+        const char *nl = strchr(p, '\n');
+        char line[800];
+        snprintf(line, sizeof line, "%.*s", (int)(nl ? nl - p : (long)strlen(p)), p);
+        p = nl ? nl + 1 : p + strlen(p);
+        if (sscanf(line, "%511[^\t]\t%15[^\t]\t%127[^\n]", name, dtype, shape) != 3) continue;
+        cJSON *t = cJSON_CreateObject(), *sh = cJSON_Parse(shape);
+        ck_assert_ptr_nonnull(sh);
+        uint64_t n = 1;
+        cJSON *d;
+        cJSON_ArrayForEach(d, sh) n *= (uint64_t)d->valuedouble;
+        uint64_t es = !strcmp(dtype, "F16") ? 2 : !strcmp(dtype, "F32") ? 4 : 8;
+        cJSON_AddStringToObject(t, "dtype", dtype);
+        cJSON_AddItemToObject(t, "shape", sh);
+        cJSON *o = cJSON_AddArrayToObject(t, "data_offsets");
+        cJSON_AddItemToArray(o, cJSON_CreateNumber((double)off));
+        cJSON_AddItemToArray(o, cJSON_CreateNumber((double)(off + n * es)));
+        off += n * es;
+        cJSON_AddItemToObject(h, name, t);
+    }
+    char *hdr = cJSON_PrintUnformatted(h);
+    cJSON_Delete(h);
+    const char *path = tu_st_write("sd3-medium-sparse.safetensors", hdr, 0, NULL, 0);
+    free(hdr);
+    struct stat st;
+    ck_assert_int_eq(stat(path, &st), 0);
+    ck_assert_int_eq(truncate(path, st.st_size + (off_t)off), 0);
+    char *out = NULL, args[4300];
+    snprintf(args, sizeof args, "info '%s'", path);
+    ck_assert_int_eq(run_stipple(args, &out, NULL), 0);
+    ck_assert_msg(out && strstr(out, "family:       sd3") && strstr(out, "hidden 768, 12 layers") &&
+                      strstr(out, "hidden 1280, 32 layers") && strstr(out, "latent 16 channels"),
+                  "info: %s", out ? out : "");
+    cm_free(out);
+    cm_free(table);
+    unlink(path);
+}
+END_TEST
+
 /* ------------------------------------------------ SDXL micro-conditioning */
 
 START_TEST(test_sdxl_micro_conditioning)
@@ -407,6 +561,7 @@ TCase *tc_cmd_sd3(void)
     tcase_add_test(tc, test_sd3_options);
     tcase_add_test(tc, test_sd3_errors);
     tcase_add_test(tc, test_sd3_info);
+    tcase_add_test(tc, test_sd3_mkckpt_layout);
     tcase_add_test(tc, test_sdxl_micro_conditioning);
     tcase_add_test(tc, test_turbo_scheduler_config);
     tcase_add_test(tc, test_nonfinite_decode_is_an_error);
