@@ -124,7 +124,7 @@ typedef struct {
     int width, height, steps, batch_count, batch_size, clip_skip, threads;
     int overwrite, json, quiet, mask_blur;
     float cfg, eta, strength;
-    int prompt_seen, w_seen, h_seen, strength_seen, image_seen, mask_seen;
+    int prompt_seen, w_seen, h_seen, strength_seen, image_seen, mask_seen, steps_seen, cfg_seen;
 } gen_opts;
 
 /* ---------------------------------------------------------------- signals */
@@ -231,6 +231,8 @@ static int parse_pair(const char *s, int lo, int *a, int *b)
  * micro-conditioning flags are refused for other models. */
 static int apply_model_defaults(const gen_opts *o, const cmd_models *cm, cmd_job *job)
 {
+    if (!o->cfg_seen && cm->default_cfg >= 0.0f) job->cfg = cm->default_cfg;
+    if (!o->steps_seen && cm->default_steps > 0) job->steps = cm->default_steps;
     if (cmd_models_is_flow(cm)) {
         if (o->sampler && job->sampler != DF_SAMPLER_FLOW_EULER)
             return cmd_usage_error("--sampler %s: %s is an SD3 (MMDiT) model: it samples with flow_euler only",
@@ -286,8 +288,8 @@ int cmd_generate(int argc, char **argv)
         {"model", 'm', OPT_STR, &o.model, 0, 0, NULL},
         {"width", 'W', OPT_INT, &o.width, 8, 16384, &o.w_seen},
         {"height", 'H', OPT_INT, &o.height, 8, 16384, &o.h_seen},
-        {"steps", 0, OPT_INT, &o.steps, 1, 10000, NULL},
-        {"cfg", 0, OPT_FLOAT, &o.cfg, 0, 1000, NULL},
+        {"steps", 0, OPT_INT, &o.steps, 1, 10000, &o.steps_seen},
+        {"cfg", 0, OPT_FLOAT, &o.cfg, 0, 1000, &o.cfg_seen},
         {"sampler", 0, OPT_STR, &o.sampler, 0, 0, NULL},
         {"schedule", 0, OPT_STR, &o.schedule, 0, 0, NULL},
         {"eta", 0, OPT_FLOAT, &o.eta, 0, 1000, NULL},

@@ -44,6 +44,23 @@ cm_status cmd_models_load(cmd_models *cm, const char *path, cm_error *err)
     return cmd_models_load_ex(cm, path, NULL, err);
 }
 
+/* "stipple.defaults" metadata (the built-in model's): guidance and steps
+ * the model was tuned for. Values out of range are ignored with a note. */
+static void read_model_defaults(cmd_models *cm)
+{
+    cm->default_cfg = -1.0f;
+    cm->default_steps = -1;
+    const char *txt = wt_model_metadata(cm->m, "stipple.defaults");
+    if (!txt) return;
+    cJSON *d = cJSON_Parse(txt);
+    double cfg = wt_cfg_num(d, "cfg", -1.0), steps = wt_cfg_num(d, "steps", -1.0);
+    if (cfg >= 0.0 && cfg <= 1000.0) cm->default_cfg = (float)cfg;
+    else if (cfg != -1.0) cm_warn("%s: stipple.defaults: cfg %g ignored", wt_model_stem(cm->m), cfg);
+    if (steps >= 1.0 && steps <= 10000.0 && steps == (int)steps) cm->default_steps = (int)steps;
+    else if (steps != -1.0) cm_warn("%s: stipple.defaults: steps %g ignored", wt_model_stem(cm->m), steps);
+    cJSON_Delete(d);
+}
+
 /* The Turbo convenience: a scheduler config with timestep_spacing
  * "trailing" (SD-Turbo / SDXL-Turbo ship EulerAncestralDiscreteScheduler
  * with it) is what the program follows by default. */
@@ -115,6 +132,7 @@ cm_status cmd_models_load_ex(cmd_models *cm, const char *path, const cmd_model_o
     scheduler_defaults(cm);
     int ss = wt_cfg_int(wt_model_section(cm->m, sd3 ? "transformer" : "unet"), "sample_size", 0);
     cm->native_size = ss > 0 ? ss * vae_downscale(cm->vae) : sd3 ? 1024 : 512;
+    read_model_defaults(cm);
     cm->load_seconds = cm_time_now() - t0;
     return CM_OK;
 fail:

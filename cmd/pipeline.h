@@ -29,6 +29,10 @@ typedef struct {
     vae_model *vae;
     df_schedule sched;
     int native_size; /* default width/height in pixels */
+    /* the model's own defaults (metadata "stipple.defaults": {"cfg": ..,
+     * "steps": ..}), used where the job does not set them; < 0: none */
+    float default_cfg;
+    int default_steps;
     int context_tokens; /* SD3: 77 + T5 tokens (the context length); 0 otherwise */
     /* The model's scheduler config named a Turbo-style setup: timestep
      * spacing "trailing" (SD-Turbo / SDXL-Turbo scheduler configs). The

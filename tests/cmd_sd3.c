@@ -505,6 +505,54 @@ static void make_turbo(cJSON *hdr, void *arg)
     cJSON_Delete(cfg);
 }
 
+/* A model's "stipple.defaults" metadata (the built-in model's) sets the
+ * guidance and steps a job does not give; flags win. */
+static void add_defaults(cJSON *hdr, void *arg)
+{
+    cJSON *md = cJSON_GetObjectItem(hdr, "__metadata__");
+    ck_assert(md);
+    cJSON_AddStringToObject(md, "stipple.defaults", (const char *)arg);
+}
+
+static char *png_parameters(const char *path)
+{
+    char *data = NULL, *val = NULL;
+    size_t n = 0;
+    cm_error e = {0};
+    ck_assert_msg(cm_file_read_all(path, &data, &n, &e) == CM_OK, "%s", e.msg);
+    ck_assert_msg(cm_png_text_get(data, n, "parameters", &val, &e) == CM_OK, "%s", e.msg);
+    cm_free(data);
+    return val;
+}
+
+START_TEST(test_model_defaults)
+{
+    const char *m = tu_st_edit(tu_data(SD1_MODEL), "sd1-defaults.safetensors", add_defaults,
+                               (void *)"{\"cfg\": 3.5, \"steps\": 3}");
+    char args[16384], mp[2048];
+    snprintf(mp, sizeof mp, "%s", m);
+    snprintf(args, sizeof args, "txt2img -m '%s' -p 'a cat' --seed 1 --quiet --overwrite -o '%s'", mp,
+             tmp_path("defaults.png"));
+    ck_assert_int_eq(run_stipple(args, NULL, NULL), 0);
+    char *p = png_parameters(tmp_path("defaults.png"));
+    ck_assert_msg(strstr(p, "Steps: 3,") && strstr(p, "CFG scale: 3.5,"), "%s", p);
+    cm_free(p);
+    snprintf(args, sizeof args, "txt2img -m '%s' -p 'a cat' --seed 1 --steps 2 --cfg 6 --quiet --overwrite -o '%s'",
+             mp, tmp_path("defaults2.png"));
+    ck_assert_int_eq(run_stipple(args, NULL, NULL), 0);
+    p = png_parameters(tmp_path("defaults2.png"));
+    ck_assert_msg(strstr(p, "Steps: 2,") && strstr(p, "CFG scale: 6,"), "%s", p);
+    cm_free(p);
+    /* without the metadata: stipple's own defaults (20 steps, 7.5) */
+    snprintf(args, sizeof args, "txt2img -m '%s' -p 'a cat' --seed 1 --quiet --overwrite -o '%s'",
+             tu_data(SD1_MODEL), tmp_path("defaults3.png"));
+    ck_assert_int_eq(run_stipple(args, NULL, NULL), 0);
+    p = png_parameters(tmp_path("defaults3.png"));
+    ck_assert_msg(strstr(p, "Steps: 20,") && strstr(p, "CFG scale: 7.5,"), "%s", p);
+    cm_free(p);
+}
+END_TEST
+
 START_TEST(test_turbo_scheduler_config)
 {
     const char *turbo = tu_st_edit(tu_data(SD1_MODEL), "sd1-turbo.safetensors", make_turbo, NULL);
@@ -562,6 +610,7 @@ TCase *tc_cmd_sd3(void)
     tcase_add_test(tc, test_sd3_errors);
     tcase_add_test(tc, test_sd3_info);
     tcase_add_test(tc, test_sd3_mkckpt_layout);
+    tcase_add_test(tc, test_model_defaults);
     tcase_add_test(tc, test_sdxl_micro_conditioning);
     tcase_add_test(tc, test_turbo_scheduler_config);
     tcase_add_test(tc, test_nonfinite_decode_is_an_error);

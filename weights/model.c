@@ -31,6 +31,11 @@ struct wt_model {
     int n_primary;             /* names [n_primary, n) are aliases; -1: none */
 };
 
+const char *wt_model_metadata(const wt_model *m, const char *key)
+{
+    return m && m->nfiles > 0 ? wt_file_metadata(m->files[0], key) : NULL;
+}
+
 size_t wt_model_mapped_bytes(const wt_model *m)
 {
     size_t n = 0;

@@ -109,6 +109,8 @@ int wt_model_count_prefix(const wt_model *m, const char *prefix);
 /* 10 hex digits of the SHA-256 of the model file (A1111's "Model hash"),
  * computed on first use. For a folder: of the UNet weights file. */
 const char *wt_model_hash(wt_model *m);
+/* __metadata__ string of the model's main file, or NULL. */
+const char *wt_model_metadata(const wt_model *m, const char *key);
 /* File stem ("v1-5-pruned-emaonly"). */
 const char *wt_model_stem(const wt_model *m);
 /* Sum of wt_file_mapped_bytes over the model's files. */
