@@ -326,7 +326,8 @@ static char *folded_set(const char *table, const char *prefix, int only_prefix, 
         const char *nl = strchr(p, '\n'), *tab = strchr(p, '\t');
         size_t len = (size_t)((tab && (!nl || tab < nl) ? tab : nl ? nl : p + strlen(p)) - p);
         char name[512], f[512];
-        snprintf(name, sizeof name, "%.*s", (int)len, p);
+        memcpy(name, p, len < sizeof name ? len : sizeof name - 1);
+        name[len < sizeof name ? len : sizeof name - 1] = 0;
         p = nl ? nl + 1 : p + strlen(p);
         if (!strcmp(name, "name") || !name[0]) continue;
         const char *nm = name;
@@ -408,11 +409,12 @@ START_TEST(test_sd3_mkckpt_layout)
     cJSON *h = cJSON_CreateObject();
     uint64_t off = 0;
     for (const char *p = table; *p;) {
-        char name[512], dtype[16], shape[128];
+        char name[512], dtype[16], shape[128], line[800];
         const char *nl = strchr(p, '\n');
-        char line[800];
-        snprintf(line, sizeof line, "%.*s", (int)(nl ? nl - p : (long)strlen(p)), p);
-        p = nl ? nl + 1 : p + strlen(p);
+        size_t len = nl ? (size_t)(nl - p) : strlen(p);
+        memcpy(line, p, len < sizeof line ? len : sizeof line - 1);
+        line[len < sizeof line ? len : sizeof line - 1] = 0;
+        p += nl ? len + 1 : len;
         if (sscanf(line, "%511[^\t]\t%15[^\t]\t%127[^\n]", name, dtype, shape) != 3) continue;
         cJSON *t = cJSON_CreateObject(), *sh = cJSON_Parse(shape);
         ck_assert_ptr_nonnull(sh);
