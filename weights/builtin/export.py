@@ -22,7 +22,7 @@ sys.path.insert(0, HERE)
 import model as M  # noqa: E402
 import taef2  # noqa: E402
 
-DEFAULTS = {"steps": 20, "cfg": 7.5, "sampler": "dpmpp_2m", "schedule": "karras", "width": 64, "height": 64}
+DEFAULTS = {"steps": 20, "cfg": 3.0, "sampler": "dpmpp_2m", "schedule": "karras", "width": 64, "height": 64}
 
 
 def build_state(ck):
