@@ -7,5 +7,5 @@ scripts/deps.sh build
 [ -f build/build.ninja ] || meson setup build --buildtype=release >/dev/null
 ninja -C build >/dev/null
 mkdir -p out
-exec build/cmd/stipple txt2img -p "a red apple on a blue background" \
+exec build/cmd/stipple txt2img -p "a rocket on a yellow background" \
   --seed 42 -o out/demo.png --overwrite "$@"

@@ -224,6 +224,11 @@ def main():
     np.savez_compressed(os.path.join(args.out, "data.npz"), images=images, neutral=neutral, latents=lat)
     json.dump({"colors": colors, "palette": PALETTE, "neutral": NEUTRAL, "items": items, "piece_ids": ids},
               open(os.path.join(args.out, "data.json"), "w"), ensure_ascii=False, indent=0)
+    # the names the model knows, for its users (committed beside the model)
+    with open(os.path.join(HERE, "emoji.txt"), "w") as f:
+        f.write("# The 512 emoji the built-in model knows (name from emoji-test.txt; the background held out of training)\n")
+        for it in items:
+            f.write("%s\t%s\n" % (it["name"], it["held_out_bg"]))
     print("wrote", args.out)
 
 
