@@ -48,18 +48,6 @@ static uint8_t *read_u8(const char *path, int *w, int *h)
     return p;
 }
 
-/* The PNG's "parameters" text (cm_alloc'd). */
-static char *png_params(const char *path)
-{
-    char *data = NULL, *val = NULL;
-    size_t n = 0;
-    cm_error e = {0};
-    ck_assert_msg(cm_file_read_all(path, &data, &n, &e) == CM_OK, "%s", e.msg);
-    ck_assert_msg(cm_png_text_get(data, n, "parameters", &val, &e) == CM_OK, "%s", e.msg);
-    cm_free(data);
-    return val;
-}
-
 /* ------------------------------------------------- golden pipeline runs */
 
 typedef struct {
@@ -183,7 +171,7 @@ START_TEST(test_golden_img2img)
     if (inpaint) ck_assert(kept > 0 && cmp > 0);
 
     /* Metadata. */
-    char *params = png_params(png), want[256];
+    char *params = tu_png_parameters(png), want[256];
     snprintf(want, sizeof want, "Denoising strength: %g", strength);
     ck_assert_msg(strstr(params, want), "parameters lack \"%s\": %s", want, params);
     if (inpaint) ck_assert_msg(strstr(params, "Mask blur: 0"), "parameters: %s", params);
@@ -345,7 +333,7 @@ START_TEST(test_samplers)
         ck_assert_msg((access(path, F_OK) == 0) == (k < 2), "%s: %s", samplers[_i], path);
     }
     snprintf(path, sizeof path, "%s/out.png", dir);
-    char *params = png_params(path);
+    char *params = tu_png_parameters(path);
     ck_assert_msg(strstr(params, "Steps: 4") && strstr(params, "Denoising strength: 0.5"), "%s", params);
     cm_free(params);
 }
@@ -380,7 +368,7 @@ START_TEST(test_untouched_pixels)
                 }
         ck_assert_msg(bad == 0, "%s: %lld kept values differ from the input", masks[k], (long long)bad);
         ck_assert_msg(changed > 0, "%s: the repainted side did not change", masks[k]);
-        char *params = png_params(out);
+        char *params = tu_png_parameters(out);
         ck_assert_msg(strstr(params, "Denoising strength: 0.5, Mask blur: 4, Inpaint method: latent blend"),
                       "parameters: %s", params);
         cm_free(params);
@@ -500,7 +488,7 @@ START_TEST(test_inpainting_model_txt2img)
     run_ok(args, &err);
     ck_assert_msg(err && strstr(err, "9-channel"), "stderr: %s", err ? err : "");
     cm_free(err);
-    char *params = png_params(out);
+    char *params = tu_png_parameters(out);
     ck_assert_msg(strstr(params, "Inpaint method: 9-channel inpainting UNet with a full mask"), "%s", params);
     ck_assert_msg(!strstr(params, "Denoising strength"), "%s", params);
     cm_free(params);
@@ -511,7 +499,7 @@ START_TEST(test_inpainting_model_txt2img)
              "--threads 2 -o '%s' --overwrite --quiet",
              tu_data(SD1_INPAINT), tu_data("images/i2i_rgb.png"), out);
     run_ok(args, NULL);
-    params = png_params(out);
+    params = tu_png_parameters(out);
     ck_assert_msg(strstr(params, "Denoising strength: 0.75, Inpaint method: 9-channel"), "%s", params);
     cm_free(params);
 }

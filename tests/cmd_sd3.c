@@ -73,18 +73,6 @@ static void expect_ok(const char *args)
     cm_free(err);
 }
 
-/* The PNG's "parameters" text (cm_alloc'd). */
-static char *png_params(const char *path)
-{
-    char *data = NULL, *val = NULL;
-    size_t n = 0;
-    cm_error e = {0};
-    ck_assert_msg(cm_file_read_all(path, &data, &n, &e) == CM_OK, "%s", e.msg);
-    ck_assert_msg(cm_png_text_get(data, n, "parameters", &val, &e) == CM_OK, "%s", e.msg);
-    cm_free(data);
-    return val;
-}
-
 /* Number of differing values between two PNGs of the same size. */
 static int64_t png_diff(const char *a, const char *b)
 {
@@ -172,7 +160,7 @@ START_TEST(test_sd3_golden)
     fprintf(stderr, "sd3-tiny txt2img image: %.4f %% equal, max diff %lld\n", 100.0 * same / n, (long long)maxd);
     ck_assert_msg(maxd <= 1, "image differs by %lld", (long long)maxd);
     ck_assert_msg(same * 1000 >= n * 999, "only %lld of %lld values equal", (long long)same, (long long)n);
-    char *params = png_params(png);
+    char *params = tu_png_parameters(png);
     ck_assert_msg(strstr(params, "Steps: 10") && strstr(params, "Size: 96x64"), "parameters: %s", params);
     cm_free(params);
     cm_image_release(&img);
@@ -464,13 +452,13 @@ START_TEST(test_sdxl_micro_conditioning)
              m, base, tmp_path("xl_same.png"));
     expect_ok(args);
     ck_assert_int_eq(png_diff(tmp_path("xl_def.png"), tmp_path("xl_same.png")), 0);
-    char *p0 = png_params(tmp_path("xl_def.png")), *p1 = png_params(tmp_path("xl_same.png"));
+    char *p0 = tu_png_parameters(tmp_path("xl_def.png")), *p1 = tu_png_parameters(tmp_path("xl_same.png"));
     ck_assert_str_eq(p0, p1); /* defaults are not recorded */
     snprintf(args, sizeof args, "txt2img -m '%s' %s --original-size 256x128 --crop 8x16 -o '%s'", m, base,
              tmp_path("xl_orig.png"));
     expect_ok(args);
     ck_assert_msg(png_diff(tmp_path("xl_def.png"), tmp_path("xl_orig.png")) > 0, "--original-size changed nothing");
-    char *p2 = png_params(tmp_path("xl_orig.png"));
+    char *p2 = tu_png_parameters(tmp_path("xl_orig.png"));
     ck_assert_msg(strstr(p2, "Original size: 256x128") && strstr(p2, "Crop: 8x16") && !strstr(p2, "Target size"),
                   "parameters: %s", p2);
     snprintf(args, sizeof args, "txt2img -m '%s' %s --target-size 32x96 -o '%s'", m, base, tmp_path("xl_tgt.png"));
@@ -516,17 +504,6 @@ static void add_defaults(cJSON *hdr, void *arg)
     cJSON_AddStringToObject(md, "stipple.defaults", (const char *)arg);
 }
 
-static char *png_parameters(const char *path)
-{
-    char *data = NULL, *val = NULL;
-    size_t n = 0;
-    cm_error e = {0};
-    ck_assert_msg(cm_file_read_all(path, &data, &n, &e) == CM_OK, "%s", e.msg);
-    ck_assert_msg(cm_png_text_get(data, n, "parameters", &val, &e) == CM_OK, "%s", e.msg);
-    cm_free(data);
-    return val;
-}
-
 START_TEST(test_model_defaults)
 {
     const char *m = tu_st_edit(tu_data(SD1_MODEL), "sd1-defaults.safetensors", add_defaults,
@@ -536,20 +513,20 @@ START_TEST(test_model_defaults)
     snprintf(args, sizeof args, "txt2img -m '%s' -p 'a cat' --seed 1 --quiet --overwrite -o '%s'", mp,
              tmp_path("defaults.png"));
     ck_assert_int_eq(run_stipple(args, NULL, NULL), 0);
-    char *p = png_parameters(tmp_path("defaults.png"));
+    char *p = tu_png_parameters(tmp_path("defaults.png"));
     ck_assert_msg(strstr(p, "Steps: 3,") && strstr(p, "CFG scale: 3.5,"), "%s", p);
     cm_free(p);
     snprintf(args, sizeof args, "txt2img -m '%s' -p 'a cat' --seed 1 --steps 2 --cfg 6 --quiet --overwrite -o '%s'",
              mp, tmp_path("defaults2.png"));
     ck_assert_int_eq(run_stipple(args, NULL, NULL), 0);
-    p = png_parameters(tmp_path("defaults2.png"));
+    p = tu_png_parameters(tmp_path("defaults2.png"));
     ck_assert_msg(strstr(p, "Steps: 2,") && strstr(p, "CFG scale: 6,"), "%s", p);
     cm_free(p);
     /* without the metadata: stipple's own defaults (20 steps, 7.5) */
     snprintf(args, sizeof args, "txt2img -m '%s' -p 'a cat' --seed 1 --quiet --overwrite -o '%s'",
              tu_data(SD1_MODEL), tmp_path("defaults3.png"));
     ck_assert_int_eq(run_stipple(args, NULL, NULL), 0);
-    p = png_parameters(tmp_path("defaults3.png"));
+    p = tu_png_parameters(tmp_path("defaults3.png"));
     ck_assert_msg(strstr(p, "Steps: 20,") && strstr(p, "CFG scale: 7.5,"), "%s", p);
     cm_free(p);
 }
@@ -569,7 +546,7 @@ START_TEST(test_turbo_scheduler_config)
     expect_ok(args);
     ck_assert_int_eq(png_diff(tmp_path("turbo.png"), tmp_path("turbo_explicit.png")), 0);
     ck_assert_msg(png_diff(tmp_path("turbo.png"), tmp_path("plain.png")) > 0, "the trailing config changed nothing");
-    char *p = png_params(tmp_path("turbo.png"));
+    char *p = tu_png_parameters(tmp_path("turbo.png"));
     ck_assert_msg(strstr(p, "Sampler: Euler a") && !strstr(p, "Karras"), "parameters: %s", p);
     cm_free(p);
     /* --help documents the Turbo settings */

@@ -277,3 +277,14 @@ void tu_expect_error(const char *args, int want_rc, const char *needle)
     cm_free(out);
     cm_free(err);
 }
+
+char *tu_png_parameters(const char *path)
+{
+    char *data = NULL, *val = NULL;
+    size_t n = 0;
+    cm_error e = {0};
+    ck_assert_msg(cm_file_read_all(path, &data, &n, &e) == CM_OK, "%s", e.msg);
+    ck_assert_msg(cm_png_text_get(data, n, "parameters", &val, &e) == CM_OK, "%s", e.msg);
+    cm_free(data);
+    return val;
+}

@@ -47,6 +47,10 @@ const char *tu_st_write(const char *name, const char *hdr, uint64_t hlen, const 
 const char *tu_st_patch(const char *src, const char *name, const char *from, const char *to);
 const char *tu_st_edit(const char *src, const char *name, void (*fn)(cJSON *hdr, void *arg), void *arg);
 
+/* The "parameters" text chunk of a PNG file (cm_alloc'd; fails the test
+ * when the file or the chunk is missing). */
+char *tu_png_parameters(const char *path);
+
 /* SHA-256 of n bytes as 64 hex digits + NUL (weights/sha256.c). */
 void tu_sha256_hex(const void *data, size_t n, char hex[65]);
 
