@@ -152,6 +152,45 @@ static size_t png_bad_chunk(const unsigned char *p, size_t n, uint32_t *len_out)
     return 0;
 }
 
+/* stb 2.27 appends an IDAT's bytes at idata + ioff before it has
+ * allocated idata when the first IDAT is empty (NULL + 0: undefined
+ * behaviour, found by fuzzing). Empty IDAT chunks carry nothing: a copy
+ * without them decodes the same. Returns that copy (cm_alloc'd) when there
+ * was one to drop, else NULL; *oom on allocation failure. The chunks were
+ * bounds-checked by png_bad_chunk. */
+static unsigned char *png_drop_empty_idat(const unsigned char *p, size_t n, size_t *n_out, int *oom)
+{
+    int any = 0;
+    for (size_t pos = 8; n - pos >= 12;) {
+        uint32_t len = (uint32_t)p[pos] << 24 | (uint32_t)p[pos + 1] << 16 | (uint32_t)p[pos + 2] << 8 | p[pos + 3];
+        if (len == 0 && memcmp(p + pos + 4, "IDAT", 4) == 0) any = 1;
+        if (memcmp(p + pos + 4, "IEND", 4) == 0) break;
+        pos += 12 + (size_t)len;
+    }
+    *oom = 0;
+    if (!any) return NULL;
+    unsigned char *out = cm_alloc(n, "image", NULL);
+    if (!out) {
+        *oom = 1;
+        return NULL;
+    }
+    memcpy(out, p, 8);
+    size_t pos = 8, o = 8;
+    while (n - pos >= 12) {
+        uint32_t len = (uint32_t)p[pos] << 24 | (uint32_t)p[pos + 1] << 16 | (uint32_t)p[pos + 2] << 8 | p[pos + 3];
+        int iend = memcmp(p + pos + 4, "IEND", 4) == 0;
+        if (!(len == 0 && memcmp(p + pos + 4, "IDAT", 4) == 0)) {
+            memcpy(out + o, p + pos, 12 + (size_t)len);
+            o += 12 + (size_t)len;
+        }
+        pos += 12 + (size_t)len;
+        if (iend) break;
+    }
+    memcpy(out + o, p + pos, n - pos); /* whatever follows, as it was */
+    *n_out = o + (n - pos);
+    return out;
+}
+
 static const char *stb_reason(void)
 {
     const char *r = stbi_failure_reason();
@@ -180,6 +219,17 @@ cm_status cm_image_read_mem(const void *data, size_t n, const char *name, cm_ima
         return cm_error_set(err, CM_ERR_FORMAT,
                             "%s: corrupt PNG: the chunk at byte %zu claims %u bytes, only %zu remain",
                             name, bad, clen, n - bad < 12 ? 0 : n - bad - 12);
+    if (kind == KIND_PNG) {
+        int oom = 0;
+        size_t n2 = 0;
+        unsigned char *clean = png_drop_empty_idat(p, n, &n2, &oom);
+        if (oom) return cm_error_set(err, CM_ERR_NOMEM, "%s: out of memory", name);
+        if (clean) {
+            cm_status st = cm_image_read_mem(clean, n2, name, img, err);
+            cm_free(clean);
+            return st;
+        }
+    }
     if (hw == 0 || hh == 0)
         return cm_error_set(err, CM_ERR_FORMAT, "%s: image has zero size (%ux%u)", name, hw, hh);
     if (hw > (1u << 24) || hh > (1u << 24) || (size_t)hw * hh > CM_IMAGE_MAX_PIXELS)

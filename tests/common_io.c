@@ -372,6 +372,39 @@ START_TEST(test_image_bad)
         ck_assert_msg(strstr(err.msg, "dht.jpg") && strstr(err.msg, "corrupt JPEG"), "%s", err.msg);
         cm_free(j);
     }
+    /* an empty IDAT before the image data (stb 2.27 would compute NULL + 0,
+     * found by fuzz_image): decodes exactly as the file without it */
+    {
+        size_t n;
+        unsigned char *png = (unsigned char *)read_file(tu_data("images/rgb.png"), &n);
+        size_t i = 8;
+        while (i + 8 < n && memcmp(png + i + 4, "IDAT", 4) != 0)
+            i += 12 + ((size_t)png[i] << 24 | (size_t)png[i + 1] << 16 | (size_t)png[i + 2] << 8 | png[i + 3]);
+        ck_assert(i + 8 < n);
+        unsigned char *ext = malloc(n + 12);
+        memcpy(ext, png, i);
+        memcpy(ext + i, "\0\0\0\0IDAT\x35\xaf\x06\x1e", 12);
+        memcpy(ext + i + 12, png + i, n - i);
+        cm_image a, b;
+        ck_assert(cm_image_read_mem(png, n, "rgb.png", &a, &err) == CM_OK);
+        ck_assert_msg(cm_image_read_mem(ext, n + 12, "empty_idat.png", &b, &err) == CM_OK, "%s", err.msg);
+        ck_assert(a.w == b.w && a.h == b.h);
+        ck_assert(memcmp(a.rgb, b.rgb, (size_t)a.w * a.h * 3 * sizeof(float)) == 0);
+        cm_image_release(&a);
+        cm_image_release(&b);
+        free(ext);
+        cm_free(png);
+        /* the fuzzer's input itself: an error or an image, nothing undefined */
+        static const unsigned char crash[] = {
+            0x89, 0x50, 0x4e, 0x47, 0xd, 0xa, 0x1a, 0xa, 0x0, 0x0, 0x0, 0xd, 0x49, 0x48, 0x44, 0x52,
+            0x0, 0x0, 0x0, 0x2, 0x0, 0x0, 0x0, 0x3, 0x10, 0x2, 0x0, 0x0, 0x0, 0x66, 0x18, 0x95,
+            0x95, 0x0, 0x0, 0x0, 0x32, 0xa7, 0x44, 0x41, 0x54, 0x78, 0x9c, 0x1, 0x27, 0x0, 0xd8, 0xff,
+            0x0, 0x6f, 0xc5, 0xf9, 0xf6, 0x87, 0x5, 0x54, 0x5d, 0x8b, 0xd7, 0x49, 0x48, 0x44, 0x52, 0x0,
+            0x0, 0x0, 0x2, 0x59, 0x72, 0xe9, 0x4b, 0x84, 0x1, 0x0, 0x61, 0x80, 0x0, 0x0, 0xf, 0x65,
+            0xab, 0xc0, 0xd2, 0x39, 0x66, 0x7b, 0x90, 0x98, 0xe3, 0x15, 0x49, 0xf8, 0xde, 0xde, 0x36, 0x0,
+            0x0, 0x0, 0x0, 0x49, 0x44, 0x41, 0x54, 0xae, 0x42, 0x60, 0x82};
+        if (cm_image_read_mem(crash, sizeof crash, "fuzz.png", &a, &err) == CM_OK) cm_image_release(&a);
+    }
     cm_alloc_fail_at(2); /* 1: the file buffer, 2: the pixels */
     ck_assert(cm_image_read(tu_data("images/rgb.png"), &im, &err) == CM_ERR_NOMEM);
     cm_alloc_fail_at(0);
