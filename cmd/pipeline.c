@@ -240,7 +240,7 @@ static cm_status get_cond(cmd_models *cm, cmd_cond_cache *cache, const cmd_job *
     /* The text encoder's packed and mapped weights are not needed until
      * the next prompt: give their memory to the denoiser. */
     cm_pack_cache_clear();
-    if (wt_model_mapped_bytes(cm->m) >= WT_DROP_MIN_BYTES) wt_model_drop(cm->m);
+    wt_model_drop(cm->m);
     if (st) return st;
     cache->valid = 1;
     return CM_OK;
@@ -376,7 +376,7 @@ static int all_finite(const float *v, int64_t n)
  * built-in one) keep their panels across images. */
 static void release_stage(const cmd_models *cm)
 {
-    if (wt_model_mapped_bytes(cm->m) < WT_DROP_MIN_BYTES) return;
+    if (!wt_model_drops(cm->m)) return;
     cm_pack_cache_clear();
     cm_scratch_trim();
     wt_model_drop(cm->m);

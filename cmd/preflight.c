@@ -4,7 +4,7 @@
  * resident memory and compare it with what the machine can give:
  *
  *   peak = mapped weights (every tensor of the components in use is read;
- *          for models of WT_DROP_MIN_BYTES or more, which give each
+ *          for models that wt_model_drops, which give each
  *          block's pages back as they go (wt_model_drop), the tensors
  *          outside numbered blocks plus twice the largest block, the VAE
  *          counting as one block)
@@ -206,7 +206,7 @@ static void weight_bytes(const wt_model *m, size_t *weights, size_t *panels, siz
     }
     free(parts);
     *weights = total;
-    if (wt_model_mapped_bytes(m) >= WT_DROP_MIN_BYTES) {
+    if (wt_model_drops(m)) {
         size_t r = add_sat(loose, mul_sat(best, 2));
         if (r < total) *weights = r;
     }
@@ -326,7 +326,7 @@ void cmd_mem_estimate(const cmd_mem_job *j, cmd_mem_plan *p)
     size_t ku = add_sat(p->kernels_unet, p->pack_cache);
     /* Small models keep their packed panels through the VAE decode; large
      * ones clear them first (cmd/pipeline.c release_stage). */
-    if (wt_model_mapped_bytes(j->m) < WT_DROP_MIN_BYTES) {
+    if (!wt_model_drops(j->m)) {
         full = add_sat(full, p->pack_cache);
         tiled = add_sat(tiled, p->pack_cache);
     }

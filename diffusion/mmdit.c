@@ -60,9 +60,7 @@ struct df_mmdit {
     const cm_wview *ctx_w, *ctx_b;
     const cm_wview *final_adaLN_w, *final_adaLN_b, *final_w, *final_b;
     dit_block *block;
-    /* large models: give each block's mapped weights back after it ran
-     * (see wt_model_drop) */
-    const wt_model *drop;
+    const wt_model *m; /* each block's mapped weights go back after it ran (wt_model_drop) */
     /* activation buffer, grown when a call needs more */
     float *buf;
     size_t buf_n;
@@ -122,7 +120,7 @@ df_mmdit *df_mmdit_create(const wt_model *m, cm_error *err)
 {
     df_mmdit *d = cm_calloc(sizeof *d, "MMDiT", err);
     if (!d) return NULL;
-    if (wt_model_mapped_bytes(m) >= WT_DROP_MIN_BYTES) d->drop = m;
+    d->m = m;
     const cJSON *c = wt_model_section(m, "transformer");
     const cm_wview *xe = wt_model_get(m, PFX "x_embedder.proj.weight");
     const cm_wview *pe = wt_model_get(m, PFX "pos_embed");
@@ -398,7 +396,7 @@ cm_status df_mmdit_forward(df_mmdit *d, const df_mmdit_input *in, float *out, cm
     };
     char name[64];
     for (int i = 0; i < d->layers; i++) {
-        if (d->drop) wt_model_drop(d->drop);
+        wt_model_drop(d->m);
         if (cm_interrupted) return cm_error_set(err, CM_ERR_INTERRUPTED, "MMDiT: interrupted");
         const dit_block *bl = &d->block[i];
         const dit_stream *xs = &bl->x_block, *cs = &bl->context_block;

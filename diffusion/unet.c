@@ -83,7 +83,6 @@ typedef struct {
 
 struct df_unet {
     const wt_model *m;
-    int drop; /* give each block's mapped weights back after it ran */
     /* architecture */
     int nlev, L;
     int ch[MAX_LEVELS];
@@ -382,7 +381,6 @@ df_unet *df_unet_create(const wt_model *m, cm_error *err)
     df_unet *u = cm_calloc(sizeof *u, "unet", err);
     if (!u) return NULL;
     u->m = m;
-    u->drop = wt_model_mapped_bytes(m) >= WT_DROP_MIN_BYTES;
     if (read_config(u, c, err)) goto fail;
 
     const char *path = wt_model_path(m);
@@ -811,15 +809,10 @@ static cm_status check_input(const df_unet *u, const df_unet_input *in, const fl
     return CM_OK;
 }
 
-/* Between blocks of a large UNet, the mapped weights just used are given
- * back (wt_model_drop), so peak RSS holds one block's weights rather than
- * the whole UNet's (SD 1.5: ~0.2 of 1.7 GB); the next evaluation faults
- * them in again from the page cache (~0.1 s per SD 1.5 evaluation). */
-static void drop_weights(const df_unet *u)
-{
-    if (u->drop) wt_model_drop(u->m);
-}
-
+/* Forward pass. Between blocks, the mapped weights just used are given back
+ * (wt_model_drop: large models only), so peak RSS holds one block's
+ * weights rather than the whole UNet's (SD 1.5: ~0.2 of 1.7 GB); the next
+ * evaluation faults them in again from the page cache. */
 cm_status df_unet_forward(df_unet *u, const df_unet_input *in, float *out, cm_error *err)
 {
     cm_status st = check_input(u, in, out, err);
@@ -896,7 +889,7 @@ cm_status df_unet_forward(df_unet *u, const df_unet_input *in, float *out, cm_er
             snprintf(name, sizeof name, "down_blocks.%d", l);
             hook(in, name, cur, B, h >> lo, w >> lo, b->cout);
         }
-        drop_weights(u);
+        wt_model_drop(u->m);
         if (cm_interrupted) return cm_error_set(err, CM_ERR_INTERRUPTED, "interrupted");
     }
 
@@ -906,7 +899,7 @@ cm_status df_unet_forward(df_unet *u, const df_unet_input *in, float *out, cm_er
     xformer_forward(u, u->mid_attn, u->P, B, (int64_t)Ht * Wt, in->T);
     res_forward(u, &u->mid_res1.res, u->P, B, Ht, Wt, u->Q);
     hook(in, "mid_block", u->Q, B, Ht, Wt, Ct);
-    drop_weights(u);
+    wt_model_drop(u->m);
 
     /* up path: cat(h, skip) -> ResBlock [-> transformer] [-> upsample] */
     float *hc = u->Q, *spare = u->P;
@@ -941,7 +934,7 @@ cm_status df_unet_forward(df_unet *u, const df_unet_input *in, float *out, cm_er
             snprintf(name, sizeof name, "up_blocks.%d", i);
             hook(in, name, hc, B, h >> lo, w >> lo, cc);
         }
-        drop_weights(u);
+        wt_model_drop(u->m);
         if (cm_interrupted) return cm_error_set(err, CM_ERR_INTERRUPTED, "interrupted");
     }
 

@@ -46,7 +46,7 @@ struct te_clip {
     const cm_wview *text_projection; /* (W, P), or (P, W) when proj_linear; or NULL */
     int proj_linear; /* HF CLIPTextModelWithProjection: text_projection.weight, y = x W^T */
     clip_layer *layer;
-    const wt_model *drop; /* large models: give each layer's mapped weights back */
+    const wt_model *m; /* each layer's mapped weights go back after it ran (wt_model_drop) */
 };
 
 /* ------------------------------------------------------------------------
@@ -80,7 +80,7 @@ te_clip *te_clip_create(const wt_model *m, const char *prefix, const char *secti
 {
     te_clip *c = cm_calloc(sizeof *c, "CLIP text encoder", err);
     if (!c) return NULL;
-    if (wt_model_mapped_bytes(m) >= WT_DROP_MIN_BYTES) c->drop = m;
+    c->m = m;
     te_clip_config *g = &c->cfg;
     const cJSON *sec = section ? wt_model_section(m, section) : NULL;
 
@@ -345,7 +345,7 @@ cm_status te_clip_encode(const te_clip *c, const int32_t *ids, int B, const te_c
             return cm_error_set(err, CM_ERR_INTERRUPTED, "text encoder: interrupted");
         }
         clip_block(c, &c->layer[i], B, x, h, qkv, mlp);
-        if (c->drop) wt_model_drop(c->drop);
+        wt_model_drop(c->m);
     }
     cm_free(buf);
     return CM_OK;

@@ -110,14 +110,14 @@ struct te_t5 {
     const cm_wview *rel_bias; /* (buckets, heads) */
     const cm_wview *final_ln;
     t5_block *block;
-    const wt_model *drop; /* large models: give each block's mapped weights back */
+    const wt_model *m; /* each block's mapped weights go back after it ran (wt_model_drop) */
 };
 
 te_t5 *te_t5_create(const wt_model *m, const char *prefix, const char *section, cm_error *err)
 {
     te_t5 *t = cm_calloc(sizeof *t, "T5 encoder", err);
     if (!t) return NULL;
-    if (wt_model_mapped_bytes(m) >= WT_DROP_MIN_BYTES) t->drop = m;
+    t->m = m;
     te_t5_config *g = &t->cfg;
     const cJSON *sec = section ? wt_model_section(m, section) : NULL;
 
@@ -310,7 +310,7 @@ cm_status te_t5_encode(const te_t5 *t, const int32_t *ids, int B, int T, float *
         }
 
     for (int i = 0; i < g->layers; i++) {
-        if (t->drop) wt_model_drop(t->drop);
+        wt_model_drop(t->m);
         if (cm_interrupted) {
             cm_free(buf);
             return cm_error_set(err, CM_ERR_INTERRUPTED, "T5 encoder: interrupted");

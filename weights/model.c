@@ -43,9 +43,12 @@ size_t wt_model_mapped_bytes(const wt_model *m)
     return n;
 }
 
+int wt_model_drops(const wt_model *m) { return wt_model_mapped_bytes(m) >= ((size_t)256 << 20); }
+
 void wt_model_drop(const wt_model *m)
 {
-    for (int i = 0; m && i < m->nfiles; i++) wt_file_drop(m->files[i]);
+    if (!wt_model_drops(m)) return;
+    for (int i = 0; i < m->nfiles; i++) wt_file_drop(m->files[i]);
 }
 
 const char *wt_family_name(wt_family f)

@@ -115,13 +115,16 @@ const char *wt_model_metadata(const wt_model *m, const char *key);
 const char *wt_model_stem(const wt_model *m);
 /* Sum of wt_file_mapped_bytes over the model's files. */
 size_t wt_model_mapped_bytes(const wt_model *m);
-/* wt_file_drop on every file of the model: called between stages (text
- * encoder -> denoiser -> VAE) and between the blocks of a large denoiser,
- * so only the weights in use are resident. */
+/* Whether the model is large enough (>= 256 MiB mapped) for its weights
+ * to be given back between stages and blocks; below that dropping saves
+ * too little to be worth the page faults (the built-in model, the tiny
+ * test models). */
+int wt_model_drops(const wt_model *m);
+/* wt_file_drop on every file of the model when wt_model_drops (else
+ * nothing): called between stages (text encoder -> denoiser -> VAE) and
+ * between the blocks of the stages, so only the weights in use are
+ * resident. */
 void wt_model_drop(const wt_model *m);
-/* Below this many mapped bytes dropping saves too little to be worth the
- * page faults (the built-in model, the tiny test models). */
-#define WT_DROP_MIN_BYTES ((size_t)256 << 20)
 
 /* ------------------------------------------------------------------------
  * Config helpers (JSON in diffusers field names)
