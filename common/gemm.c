@@ -225,16 +225,24 @@ pack_a_bf16(const cm_gemm_job *jb, int mr, int64_t m0, int64_t mc, int t, int64_
 }
 #endif
 
-/* One float32 B panel (K rows of nr) as bf16 pairs: row pair kp holds
- * column n's rows 2kp and 2kp+1 side by side (K even). */
-static void panel_to_bf16(const float *src, int nr, int64_t K, uint16_t *dst)
+/* One float32 B panel (K rows of nr = 32) as bf16 pairs: row pair kp
+ * holds column n's rows 2kp and 2kp+1 side by side (K even), rounded to
+ * nearest even like pack_a_bf16. Runs for every uncached layer call. */
+#if CM_HAVE_X86
+__attribute__((target("avx512f,avx512bf16"))) static void
+panel_to_bf16(const float *src, int nr, int64_t K, uint16_t *dst)
 {
-    for (int64_t kp = 0; kp < K / 2; kp++)
-        for (int n = 0; n < nr; n++) {
-            dst[(kp * nr + n) * 2] = cm_f32_to_bf16(src[(2 * kp) * nr + n]);
-            dst[(kp * nr + n) * 2 + 1] = cm_f32_to_bf16(src[(2 * kp + 1) * nr + n]);
+    for (int64_t kp = 0; kp < K / 2; kp++) {
+        const float *r0 = src + (2 * kp) * nr, *r1 = r0 + nr;
+        uint16_t *d = dst + kp * nr * 2;
+        for (int n = 0; n < nr; n += 16) {
+            __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(r0 + n)));
+            __m512i hi = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(r1 + n)));
+            _mm512_storeu_si512(d + 2 * n, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
         }
+    }
 }
+#endif
 
 int cm_bf16_supported(void)
 {
@@ -781,9 +789,11 @@ void cm_gemm_run(const cm_gemm_job *jb)
                 int64_t c0 = (p / gg) * nr;
                 int64_t valid = N - c0 < nr ? N - c0 : nr;
                 if (bf) {
+#if CM_HAVE_X86
                     float *tp = bf_panel + (size_t)tid * nr * K;
                     jb->packb(jb, p, nr, (int)valid, tp);
                     panel_to_bf16(tp, nr, K, (uint16_t *)(void *)bp + p * nr * K);
+#endif
                 } else {
                     jb->packb(jb, p, nr, (int)valid, bp + p * nr * K);
                 }
